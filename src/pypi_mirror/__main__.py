@@ -1,0 +1,3 @@
+from pypi_mirror.cli import main
+
+main()

@@ -1,0 +1,284 @@
+"""The SQLite store ``{repo_path}/pypi-mirror.db``: schema, migrations and every query.
+
+Nothing outside this module writes SQL. WAL mode lets the server's workers read and write
+while `sync` runs; a long busy timeout makes concurrent writers wait instead of failing
+with "database is locked".
+
+File paths (the part after ``/packages/``) are interned in ``files`` so that millions of votes
+cost a few integers each rather than a 100-byte path.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+DB_FILENAME = "pypi-mirror.db"
+BUSY_TIMEOUT_MS = 60_000
+
+# Each entry migrates the schema from version i to i + 1. Append, never edit.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE files (
+        id   INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE votes (
+        file_id INTEGER NOT NULL,
+        prefix  TEXT    NOT NULL,
+        time    INTEGER NOT NULL
+    );
+    CREATE INDEX votes_by_file ON votes (file_id, prefix, time);
+    CREATE INDEX votes_by_time ON votes (time);
+    CREATE TABLE serials (
+        name       TEXT PRIMARY KEY,
+        serial     INTEGER NOT NULL,
+        fetched_at REAL    NOT NULL,
+        on_demand  INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE TABLE local_sizes (
+        file_id INTEGER PRIMARY KEY,
+        size    INTEGER NOT NULL,
+        tier    INTEGER NOT NULL
+    );
+    CREATE INDEX local_sizes_by_tier ON local_sizes (tier);
+    CREATE TABLE remote_sizes (
+        file_id    INTEGER PRIMARY KEY,
+        size       INTEGER,
+        checked_at REAL NOT NULL
+    );
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Vote:
+    path: str
+    prefix: str
+    time: float
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    path: str
+    size: int
+    tier: int
+
+
+class Database:
+    """One connection to the store. Use one instance per thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.conn.execute("PRAGMA foreign_keys = OFF")
+        self._migrate()
+
+    @classmethod
+    def open(cls, repo_path: Path) -> Database:
+        repo_path.mkdir(parents=True, exist_ok=True)
+        return cls(repo_path / DB_FILENAME)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: take the write lock up front so a busy wait happens here, once."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- schema ----------------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        if self.schema_version >= len(MIGRATIONS):
+            return
+        with self.transaction() as conn:
+            version = self.schema_version  # re-read under the lock: another process may have won
+            for script in MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+
+    # -- settings --------------------------------------------------------------------------
+
+    def get_setting(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _file_ids(self, paths: Iterable[str]) -> dict[str, int]:
+        """Intern paths (inside the caller's transaction) and return their ids."""
+        unique = list(dict.fromkeys(paths))
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO files (path) VALUES (?)", ((p,) for p in unique)
+        )
+        ids: dict[str, int] = {}
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for file_id, path in self.conn.execute(
+                f"SELECT id, path FROM files WHERE path IN ({marks})", chunk
+            ):
+                ids[path] = file_id
+        return ids
+
+    # -- votes -----------------------------------------------------------------------------
+
+    def add_votes(self, votes: Iterable[Vote], dedup_window: float) -> int:
+        """Store votes, skipping a (file, prefix) pair already recorded within the window.
+
+        Returns how many were stored. One transaction for the whole batch.
+        """
+        votes = list(votes)
+        if not votes:
+            return 0
+        stored = 0
+        with self.transaction() as conn:
+            ids = self._file_ids(v.path for v in votes)
+            for vote in votes:
+                file_id = ids[vote.path]
+                moment = int(vote.time)
+                recent = conn.execute(
+                    "SELECT 1 FROM votes WHERE file_id = ? AND prefix = ? AND time > ? LIMIT 1",
+                    (file_id, vote.prefix, moment - dedup_window),
+                ).fetchone()
+                if recent is None:
+                    conn.execute(
+                        "INSERT INTO votes (file_id, prefix, time) VALUES (?, ?, ?)",
+                        (file_id, vote.prefix, moment),
+                    )
+                    stored += 1
+        return stored
+
+    def votes_for(self, path: str) -> list[tuple[str, int]]:
+        """(prefix, time) of every stored vote for one file, oldest first."""
+        return self.conn.execute(
+            "SELECT v.prefix, v.time FROM votes v JOIN files f ON f.id = v.file_id "
+            "WHERE f.path = ? ORDER BY v.time",
+            (path,),
+        ).fetchall()
+
+    def vote_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0])
+
+    # -- serials ---------------------------------------------------------------------------
+
+    def get_serial(self, name: str) -> tuple[int, float, bool] | None:
+        """(serial, fetched_at, on_demand) of a project, or None if unknown."""
+        row = self.conn.execute(
+            "SELECT serial, fetched_at, on_demand FROM serials WHERE name = ?", (name,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), float(row[1]), bool(row[2]))
+
+    def set_serial(
+        self, name: str, serial: int, *, on_demand: bool = False, now: float | None = None
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO serials (name, serial, fetched_at, on_demand) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET serial = excluded.serial, "
+            "fetched_at = excluded.fetched_at, on_demand = excluded.on_demand",
+            (name, serial, time.time() if now is None else now, int(on_demand)),
+        )
+
+    def delete_serial(self, name: str) -> None:
+        self.conn.execute("DELETE FROM serials WHERE name = ?", (name,))
+
+    def all_serials(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT name, serial FROM serials"))
+
+    def iter_serials_sorted(self) -> Iterator[tuple[str, int]]:
+        """Every known project with its serial, by name (for the root index)."""
+        yield from self.conn.execute("SELECT name, serial FROM serials ORDER BY name")
+
+    # -- local_sizes -----------------------------------------------------------------------
+
+    def local_file(self, path: str) -> LocalFile | None:
+        row = self.conn.execute(
+            "SELECT l.size, l.tier FROM local_sizes l JOIN files f ON f.id = l.file_id "
+            "WHERE f.path = ?",
+            (path,),
+        ).fetchone()
+        return None if row is None else LocalFile(path, int(row[0]), int(row[1]))
+
+    def set_local_files(self, files: Iterable[LocalFile]) -> None:
+        files = list(files)
+        with self.transaction() as conn:
+            ids = self._file_ids(f.path for f in files)
+            conn.executemany(
+                "INSERT INTO local_sizes (file_id, size, tier) VALUES (?, ?, ?) "
+                "ON CONFLICT (file_id) DO UPDATE SET size = excluded.size, tier = excluded.tier",
+                ((ids[f.path], f.size, f.tier) for f in files),
+            )
+
+    def delete_local_files(self, paths: Iterable[str]) -> None:
+        with self.transaction() as conn:
+            conn.executemany(
+                "DELETE FROM local_sizes WHERE file_id = (SELECT id FROM files WHERE path = ?)",
+                ((p,) for p in paths),
+            )
+
+    def all_local_files(self) -> list[LocalFile]:
+        return [
+            LocalFile(path, int(size), int(tier))
+            for path, size, tier in self.conn.execute(
+                "SELECT f.path, l.size, l.tier FROM local_sizes l JOIN files f ON f.id = l.file_id"
+            )
+        ]
+
+    # -- remote_sizes ----------------------------------------------------------------------
+
+    def get_remote_size(
+        self, path: str, max_age: float, now: float | None = None
+    ) -> tuple[bool, int | None]:
+        """(known, size): size None means the upstream answered 404 when last asked."""
+        now = time.time() if now is None else now
+        row = self.conn.execute(
+            "SELECT r.size FROM remote_sizes r JOIN files f ON f.id = r.file_id "
+            "WHERE f.path = ? AND r.checked_at > ?",
+            (path, now - max_age),
+        ).fetchone()
+        return (False, None) if row is None else (True, row[0])
+
+    def set_remote_sizes(
+        self, sizes: Iterable[tuple[str, int | None]], now: float | None = None
+    ) -> None:
+        now = time.time() if now is None else now
+        sizes = list(sizes)
+        with self.transaction() as conn:
+            ids = self._file_ids(p for p, _ in sizes)
+            conn.executemany(
+                "INSERT INTO remote_sizes (file_id, size, checked_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (file_id) DO UPDATE SET size = excluded.size, "
+                "checked_at = excluded.checked_at",
+                ((ids[p], size, now) for p, size in sizes),
+            )

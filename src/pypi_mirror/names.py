@@ -1,0 +1,66 @@
+"""PEP 503 project names and PyPI file paths (pure functions, no I/O).
+
+A *file path* throughout the code is the part of a PyPI file URL after ``/packages/``:
+``ab/cd/<60 hex>/<filename>`` (optionally ending in ``.metadata`` for PEP 658 files). It is the
+key of votes, ``local_sizes`` and ``remote_sizes``, and the relative path inside every tier.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote, urlsplit
+
+from packaging.utils import canonicalize_name
+
+# PyPI's own layout: two hex, two hex, sixty hex (blake2b-256 split 2/2/60), then the filename.
+_FILENAME = r"[A-Za-z0-9][A-Za-z0-9._+!-]{0,254}"
+FILE_PATH_RE = re.compile(rf"[0-9a-f]{{2}}/[0-9a-f]{{2}}/[0-9a-f]{{60}}/{_FILENAME}")
+_URL_FILE_PATH_RE = re.compile(rf"(?:^|/)packages/({FILE_PATH_RE.pattern})$")
+_PROJECT_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?")
+
+METADATA_SUFFIX = ".metadata"
+
+
+def normalize(name: str) -> str:
+    """The PEP 503 normalised form of a project name."""
+    return str(canonicalize_name(name))
+
+
+def is_valid_project_name(name: str) -> bool:
+    """True for names PyPI could hold (PEP 508 identifier shape, bounded length)."""
+    return _PROJECT_NAME_RE.fullmatch(name) is not None
+
+
+def is_normalized(name: str) -> bool:
+    return is_valid_project_name(name) and normalize(name) == name
+
+
+def is_valid_file_path(path: str) -> bool:
+    """True when ``path`` has the exact shape of a PyPI file path (nothing else may touch disk)."""
+    if FILE_PATH_RE.fullmatch(path) is None:
+        return False
+    filename = path.rsplit("/", 1)[1]
+    return filename not in (".", "..") and ".." not in filename
+
+
+def file_path_from_url(url: str) -> str | None:
+    """Map an upstream file URL, absolute or relative, to its file path; None if not PyPI-shaped.
+
+    PyPI's JSON API gives either ``https://files.pythonhosted.org/packages/ab/cd/…/f.whl`` or
+    ``../../packages/packages/ab/cd/…/f.whl``; both must land on the same local path.
+    """
+    path = unquote(urlsplit(url).path)
+    match = _URL_FILE_PATH_RE.search(path)
+    if match is None:
+        return None
+    candidate = match.group(1)
+    return candidate if is_valid_file_path(candidate) else None
+
+
+def filename_of(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def metadata_path(path: str) -> str:
+    """The PEP 658 metadata file path that belongs to a distribution file path."""
+    return path + METADATA_SUFFIX

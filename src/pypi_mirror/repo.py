@@ -1,0 +1,211 @@
+"""The on-disk store: where every page, JSON document and cached file lives, and how it gets
+there (temporary file in the same folder, then rename: nothing half-written is ever visible).
+
+Nothing else in the program builds a path inside the repository or a tier.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pypi_mirror.config import Config
+from pypi_mirror.names import is_normalized, is_valid_file_path
+
+# Every temporary file starts with this, so inventory can recognise and remove leftovers of a
+# crashed run, and the server never serves one (no valid file path starts with a dot).
+TEMP_PREFIX = ".pmtmp-"
+
+
+@dataclass(frozen=True)
+class Tier:
+    index: int
+    path: Path
+    size_limit: int
+
+
+def tiers_of(config: Config) -> list[Tier]:
+    """The cache tiers, hottest first; a single tier under ``{repo_path}/packages`` by default."""
+    if config.cache.tiers:
+        return [Tier(i, t.path, t.size_limit) for i, t in enumerate(config.cache.tiers)]
+    return [Tier(0, config.repo_path / "packages", config.cache.size_limit)]
+
+
+def temp_path_for(target: Path) -> Path:
+    return target.with_name(f"{TEMP_PREFIX}{secrets.token_hex(6)}-{target.name}")
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(target: Path, data: bytes, *, durable: bool = False) -> None:
+    """Write ``data`` to ``target`` so readers see the old file or the new one, never a part."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_path_for(target)
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def remove_empty_parents(path: Path, stop: Path) -> None:
+    """Remove empty folders from ``path`` upwards, never ``stop`` itself."""
+    current = path
+    while current != stop and stop in current.parents:
+        try:
+            current.rmdir()
+        except OSError:
+            return
+        current = current.parent
+
+
+def move_file(source: Path, target: Path) -> None:
+    """Move a file atomically: rename, or across filesystems copy + fsync + rename + delete.
+
+    A reader that opened ``source`` before the move keeps reading it whole (unlink only drops
+    the name), and ``target`` appears complete or not at all.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(source, target)
+        return
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+    copy_across_filesystems(source, target)
+
+
+def copy_across_filesystems(source: Path, target: Path) -> None:
+    temp = temp_path_for(target)
+    try:
+        with open(source, "rb") as src, open(temp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    source.unlink()
+
+
+class Repo:
+    """Paths of the mirror's layout (see SPEC.md, "On-disk layout")."""
+
+    def __init__(self, config: Config) -> None:
+        self.root = config.repo_path
+        self.tiers = tiers_of(config)
+        self.simple_dir = self.root / "simple"
+        self.json_dir = self.root / "json"
+
+    def create_folders(self) -> None:
+        for folder in (self.root, self.simple_dir, self.json_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        if len(self.tiers) == 1 and self.tiers[0].path == self.root / "packages":
+            self.tiers[0].path.mkdir(parents=True, exist_ok=True)
+
+    # -- index -----------------------------------------------------------------------------
+
+    @property
+    def root_html(self) -> Path:
+        return self.simple_dir / "index.html"
+
+    @property
+    def root_json(self) -> Path:
+        return self.simple_dir / "index.v1.json"
+
+    def project_dir(self, name: str) -> Path:
+        if not is_normalized(name):
+            raise ValueError(f"not a normalised project name: {name!r}")
+        return self.simple_dir / name
+
+    def project_html(self, name: str) -> Path:
+        return self.project_dir(name) / "index.html"
+
+    def project_json(self, name: str) -> Path:
+        return self.project_dir(name) / "index.v1.json"
+
+    def pypi_json(self, name: str) -> Path:
+        if not is_normalized(name):
+            raise ValueError(f"not a normalised project name: {name!r}")
+        return self.json_dir / name
+
+    def write_project(self, name: str, pypi_json: bytes, html: bytes, simple_json: bytes) -> None:
+        """Write a project's three documents, each atomically; the JSON API copy last so that
+        a project whose JSON exists always has its pages."""
+        atomic_write(self.project_html(name), html)
+        atomic_write(self.project_json(name), simple_json)
+        atomic_write(self.pypi_json(name), pypi_json)
+
+    def remove_project(self, name: str) -> None:
+        self.pypi_json(name).unlink(missing_ok=True)
+        folder = self.project_dir(name)
+        for child in (folder / "index.html", folder / "index.v1.json"):
+            child.unlink(missing_ok=True)
+        if folder.is_dir():
+            for leftover in folder.iterdir():
+                if is_temp_name(leftover.name):
+                    leftover.unlink(missing_ok=True)
+            remove_empty_parents(folder, self.simple_dir)
+
+    def read_pypi_json(self, name: str) -> bytes | None:
+        try:
+            return self.pypi_json(name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    # -- cached files ----------------------------------------------------------------------
+
+    def tier_file(self, tier: int, path: str) -> Path:
+        if not is_valid_file_path(path):
+            raise ValueError(f"not a PyPI file path: {path!r}")
+        return self.tiers[tier].path / path
+
+    def find_file(self, path: str) -> tuple[Path, int] | None:
+        """The local copy of a file, hottest tier first."""
+        for tier in self.tiers:
+            candidate = self.tier_file(tier.index, path)
+            if candidate.is_file():
+                return candidate, tier.index
+        return None
+
+    def delete_file(self, tier: int, path: str) -> None:
+        target = self.tier_file(tier, path)
+        target.unlink(missing_ok=True)
+        remove_empty_parents(target.parent, self.tiers[tier].path)
+
+    def move_between_tiers(self, path: str, source_tier: int, target_tier: int) -> None:
+        source = self.tier_file(source_tier, path)
+        move_file(source, self.tier_file(target_tier, path))
+        remove_empty_parents(source.parent, self.tiers[source_tier].path)
+
+    def walk_tier(self, tier: int) -> Iterator[tuple[str, Path]]:
+        """(file path, absolute path) of every entry in a tier, temporary files included."""
+        base = self.tiers[tier].path
+        base_len = len(str(base)) + 1
+        for folder, _dirs, names in os.walk(base):
+            for name in names:
+                full = os.path.join(folder, name)
+                yield full[base_len:], Path(full)
