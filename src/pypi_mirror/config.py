@@ -288,9 +288,12 @@ def _format_error(error: ValidationError) -> str:
             message = "unknown key"
         elif item["type"] == "missing":
             message = "required key is missing"
-        elif "input" in item and not isinstance(item["input"], dict | list):
-            if repr(item["input"]) not in message:
-                message += f" (got {item['input']!r})"
+        elif (
+            "input" in item
+            and not isinstance(item["input"], dict | list)
+            and repr(item["input"]) not in message
+        ):
+            message += f" (got {item['input']!r})"
         lines.append(f"{location or 'config'}: {message}" if location else message)
     return "; ".join(dict.fromkeys(lines))
 

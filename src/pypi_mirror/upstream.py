@@ -1,0 +1,72 @@
+"""The HTTP client to the upstream: proxy, user agent, timeouts.
+
+Every outbound request of the program goes through a session made here, so that
+``upstream.proxy``, ``sync.user_agent`` and ``timeouts.upstream`` apply everywhere, and
+only URLs built from the configured upstream bases are ever fetched.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp_socks import ProxyConnector
+
+from pypi_mirror.config import Config
+from pypi_mirror.names import is_normalized, is_valid_file_path
+
+
+class UpstreamError(Exception):
+    """The upstream could not give a usable answer (network error, 5xx, bad body)."""
+
+
+def make_session(config: Config, *, limit: int = 100) -> aiohttp.ClientSession:
+    """A client session that honours the proxy, user agent and upstream timeout."""
+    proxy = config.upstream.proxy
+    connector: aiohttp.BaseConnector
+    if proxy and proxy.startswith(("socks4://", "socks5://", "socks5h://")):
+        connector = ProxyConnector.from_url(proxy, limit=limit, rdns=proxy.startswith("socks5h"))
+        proxy = None
+    else:
+        connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        headers={"User-Agent": config.sync.user_agent},
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=config.timeouts.upstream, sock_read=config.timeouts.upstream
+        ),
+        auto_decompress=True,
+        trust_env=False,
+        # http(s) proxies are given per session; aiohttp applies them to every request.
+        proxy=proxy,
+    )
+    return session
+
+
+class UpstreamUrls:
+    """Builds the only URLs the program may fetch, from the configured bases."""
+
+    def __init__(self, config: Config) -> None:
+        self.pypi = config.upstream.pypi_url
+        self.packages = config.upstream.packages_url
+        self.redirect = config.upstream.effective_redirect_url
+
+    def project_json(self, name: str) -> str:
+        if not is_normalized(name):
+            raise ValueError(f"not a normalised project name: {name!r}")
+        return f"{self.pypi}/pypi/{name}/json"
+
+    def release_json(self, name: str, version: str) -> str:
+        return f"{self.pypi}/pypi/{name}/{version}/json"
+
+    def xmlrpc(self) -> str:
+        return f"{self.pypi}/pypi"
+
+    def simple_root(self) -> str:
+        return f"{self.pypi}/simple/"
+
+    def file(self, path: str) -> str:
+        if not is_valid_file_path(path.removesuffix(".metadata")):
+            raise ValueError(f"not a PyPI file path: {path!r}")
+        return f"{self.packages}/packages/{path}"
+
+    def redirect_file(self, path: str) -> str:
+        return f"{self.redirect}/packages/{path}"
