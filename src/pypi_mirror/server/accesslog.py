@@ -1,0 +1,129 @@
+"""The access log: ``mirror-json`` or Apache ``combined``, buffered, flushed every second,
+reopened on SIGUSR1 (logrotate)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import UTC, datetime
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 1.0
+FLUSH_BYTES = 64 * 1024
+
+
+def format_mirror_json(
+    *,
+    moment: float,
+    method: str,
+    path: str,
+    status: int,
+    size: int,
+    duration_ms: int,
+    client_ip: str,
+    user_agent: str,
+    referer: str,
+    proxied: bool,
+) -> bytes:
+    stamp = datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (
+        orjson.dumps(
+            {
+                "time": stamp,
+                "method": method,
+                "path": path,
+                "status": status,
+                "bytes": size,
+                "duration_ms": duration_ms,
+                "client_ip": client_ip,
+                "user_agent": user_agent,
+                "referer": referer,
+                "proxied": "1" if proxied else "0",
+            }
+        )
+        + b"\n"
+    )
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def format_combined(
+    *,
+    moment: float,
+    method: str,
+    path: str,
+    version: str,
+    status: int,
+    size: int,
+    client_ip: str,
+    user_agent: str,
+    referer: str,
+) -> bytes:
+    stamp = datetime.fromtimestamp(moment).astimezone().strftime("%d/%b/%Y:%H:%M:%S %z")
+    request_line = _quote(f"{method} {path} HTTP/{version}")
+    line = (
+        f'{client_ip} - - [{stamp}] "{request_line}" {status} {size if size else "-"} '
+        f'"{_quote(referer or "-")}" "{_quote(user_agent or "-")}"\n'
+    )
+    return line.encode("utf-8", "backslashreplace")
+
+
+class AccessLogWriter:
+    """Appends lines to the log file in batches. Every worker appends to the same file with
+    O_APPEND, one write per batch, so lines from several processes never interleave."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._fd: int | None = None
+        self._last_flush = time.monotonic()
+        self.open()
+
+    def open(self) -> None:
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def reopen(self) -> None:
+        """After logrotate renamed the file: flush to the old one, then start a new one."""
+        self.flush()
+        old = self._fd
+        self.open()
+        if old is not None:
+            os.close(old)
+        log.info("access log reopened: %s", self.path)
+
+    def write(self, line: bytes) -> None:
+        self._buffer.append(line)
+        self._buffered += len(line)
+        if self._buffered >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._buffer or self._fd is None:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as error:  # a full disk must not take the server down
+            log.error("access log write failed: %s", error)
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

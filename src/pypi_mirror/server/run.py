@@ -1,0 +1,216 @@
+"""Listening, TLS, worker processes, signals and graceful shutdown.
+
+With several workers the master forks them; each binds its own socket with SO_REUSEPORT,
+so the kernel spreads connections over both cores. The master only forwards signals and
+restarts a worker that died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+
+from aiohttp import web
+
+from pypi_mirror.cache.votes import VoteRecorder
+from pypi_mirror.config import Config
+from pypi_mirror.db import Database
+from pypi_mirror.repo import Repo
+from pypi_mirror.server.accesslog import FLUSH_INTERVAL, AccessLogWriter
+from pypi_mirror.server.app import Handler, access_logger_class
+from pypi_mirror.server.ondemand import OnDemandIndex
+from pypi_mirror.server.simple import SimpleIndex
+from pypi_mirror.server.state import ServerState
+from pypi_mirror.upstream import UpstreamUrls
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 30.0
+MAX_FAST_FAILURES = 3
+
+
+class StartupError(Exception):
+    pass
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    if config.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(config.tls.cert), str(config.tls.key))
+    except (OSError, ssl.SSLError) as error:
+        raise StartupError(
+            f"tls: cannot load cert {config.tls.cert} / key {config.tls.key}: {error}"
+        ) from None
+    return context
+
+
+def _check_port_free(host: str | None, port: int) -> None:
+    """Bind once without SO_REUSEPORT: fails if anything (even another mirror) holds the port."""
+    family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host or "0.0.0.0", port))
+    except OSError as error:
+        raise StartupError(f"listen: cannot bind {host or '*'}:{port}: {error.strerror}") from None
+    finally:
+        probe.close()
+
+
+async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse_port: bool) -> int:
+    loop = asyncio.get_running_loop()
+    repo = Repo(config)
+    urls = UpstreamUrls(config)
+    votes = VoteRecorder(config.repo_path / "pypi-mirror.db", config.cache.dedup_window)
+    votes.start()
+    access_log = AccessLogWriter(config.log.path) if config.log.path else None
+    state = ServerState(config, repo, urls, votes, access_log)
+    ondemand = OnDemandIndex(config, repo, urls, state.session)
+    handler = Handler(state, SimpleIndex(state, ondemand))
+    server = web.Server(
+        handler,
+        access_log_class=access_logger_class(state),
+        access_log=logging.getLogger("pypi_mirror.access"),
+        keepalive_timeout=config.timeouts.idle,
+        max_line_size=8190,
+        max_field_size=8190,
+        max_headers=100,
+    )
+    runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
+    await runner.setup()
+    host, port = config.listen_host_port
+    site = web.TCPSite(
+        runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port, backlog=1024
+    )
+    await site.start()
+
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if access_log is not None:
+        loop.add_signal_handler(signal.SIGUSR1, access_log.reopen)
+
+    async def flush_periodically() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            if access_log is not None:
+                access_log.flush()
+
+    flusher = asyncio.create_task(flush_periodically())
+    await stop.wait()
+    log.info(
+        "worker %d stopping: finishing in-flight requests (up to %.0f s)",
+        os.getpid(),
+        SHUTDOWN_GRACE,
+    )
+    await runner.cleanup()
+    flusher.cancel()
+    await state.close_session()
+    ondemand.close()
+    await loop.run_in_executor(None, votes.close)
+    if access_log is not None:
+        access_log.close()
+    if votes.dropped:
+        log.warning("worker %d dropped %d votes (queue full)", os.getpid(), votes.dropped)
+    log.info("worker %d stopped: %d votes stored", os.getpid(), votes.stored)
+    return 0
+
+
+def _worker_process(config: Config, ssl_context: ssl.SSLContext | None) -> int:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        return asyncio.run(serve_worker(config, ssl_context, reuse_port=True))
+    except Exception:
+        log.exception("worker %d crashed", os.getpid())
+        return 1
+
+
+def _supervise(config: Config, ssl_context: ssl.SSLContext | None, count: int) -> int:
+    children: dict[int, float] = {}
+    stopping = False
+    fast_failures = 0
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _worker_process(config, ssl_context)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = time.monotonic()
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if sig == signal.SIGINT else sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, forward)
+    for _ in range(count):
+        spawn()
+    exit_code = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        started = children.pop(pid, time.monotonic())
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            continue
+        log.error("worker %d exited with %d; starting a new one", pid, code)
+        fast_failures = fast_failures + 1 if time.monotonic() - started < 2 else 0
+        if fast_failures >= MAX_FAST_FAILURES:
+            log.error("workers keep failing at start; stopping")
+            stopping, exit_code = True, 1
+            forward(signal.SIGTERM, None)
+            continue
+        spawn()
+    log.info("stopped")
+    return exit_code
+
+
+def run_server(config: Config) -> int:
+    try:
+        repo = Repo(config)
+        repo.create_folders()
+        Database.open(config.repo_path).close()  # create or migrate the schema once, up front
+        ssl_context = _ssl_context(config)
+        host, port = config.listen_host_port
+        _check_port_free(host, port)
+    except (StartupError, OSError) as error:
+        print(f"pypi-mirror: {error}", file=sys.stderr)
+        return 2
+    count = config.worker_count
+    scheme = "https" if ssl_context else "http"
+    log.info(
+        "serving %s://%s:%d%s/simple/ from %s (%d worker%s), upstream %s",
+        scheme,
+        host or "0.0.0.0",
+        port,
+        config.prefix,
+        config.repo_path,
+        count,
+        "" if count == 1 else "s",
+        config.upstream.pypi_url,
+    )
+    if count == 1:
+        return asyncio.run(serve_worker(config, ssl_context, reuse_port=False))
+    return _supervise(config, ssl_context, count)

@@ -1,0 +1,54 @@
+"""Everything a worker's request handlers share."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from pypi_mirror.cache.votes import VoteRecorder, is_bot
+from pypi_mirror.config import Config
+from pypi_mirror.names import is_valid_file_path
+from pypi_mirror.repo import Repo
+from pypi_mirror.server.accesslog import AccessLogWriter
+from pypi_mirror.server.clientip import IPAddress, real_client_ip, vote_prefix
+from pypi_mirror.upstream import UpstreamUrls, make_session
+
+
+@dataclass
+class ServerState:
+    config: Config
+    repo: Repo
+    urls: UpstreamUrls
+    votes: VoteRecorder
+    access_log: AccessLogWriter | None
+    _session: aiohttp.ClientSession | None = field(default=None, repr=False)
+
+    def session(self) -> aiohttp.ClientSession:
+        """The upstream session, made on first use inside the running loop."""
+        if self._session is None or self._session.closed:
+            self._session = make_session(self.config)
+        return self._session
+
+    async def close_session(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def client_ip(self, request: web.BaseRequest) -> IPAddress | None:
+        if "client_ip" not in request:
+            request["client_ip"] = real_client_ip(
+                request.remote,
+                request.headers.get("X-Forwarded-For"),
+                self.config.trusted_proxies,
+            )
+        return request["client_ip"]
+
+    def vote(self, request: web.BaseRequest, path: str) -> None:
+        """One download of ``path``: queue a vote unless a bot asked. Never blocks."""
+        if not is_valid_file_path(path) or is_bot(request.headers.get("User-Agent")):
+            return
+        address = self.client_ip(request)
+        if address is not None:
+            self.votes.record(path, vote_prefix(address), time.time())
