@@ -46,11 +46,11 @@ def parse_range(header: str | None, size: int) -> Range | str | None:
             return UNSATISFIABLE
         return (max(size - suffix, 0), size - 1) if size else UNSATISFIABLE
     first = int(first_text)
+    if first >= size:
+        return UNSATISFIABLE
     last = int(last_text) if last_text else size - 1
     if last < first:
         return None
-    if first >= size:
-        return UNSATISFIABLE
     return first, min(last, size - 1)
 
 

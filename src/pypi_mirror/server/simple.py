@@ -68,7 +68,7 @@ class SimpleIndex:
         """``rest`` is what follows ``{prefix}/simple``."""
         if request.method not in ("GET", "HEAD"):
             return web.Response(status=405, headers={"Allow": "GET, HEAD"})
-        query = request.query_string
+        query = request.raw_path.partition("?")[2]
         if rest in ("", "/"):
             if rest == "":
                 return _redirect(f"{self.prefix}/simple/", query)
@@ -82,7 +82,10 @@ class SimpleIndex:
         return await self._project(request, canonical)
 
     def _negotiate(self, request: web.BaseRequest) -> str | None:
-        return choose_content_type(request.headers.get("Accept"), request.query.get("format"))
+        fmt = request.query.get("format")
+        if fmt:  # an unescaped "+json" arrives as " json" after query decoding
+            fmt = fmt.replace(" ", "+")
+        return choose_content_type(request.headers.get("Accept"), fmt)
 
     async def _root(self, request: web.BaseRequest) -> web.StreamResponse:
         content_type = self._negotiate(request)
@@ -144,7 +147,8 @@ class SimpleIndex:
         canonical = normalize(name)
         if canonical != name:
             return _redirect(
-                f"{self.prefix}/{canonical}/{'/'.join(parts[1:])}", request.query_string
+                f"{self.prefix}/{canonical}/{'/'.join(parts[1:])}",
+                request.raw_path.partition("?")[2],
             )
         if len(parts) == 3:
             version = parts[1]
