@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.fakepypi import FakePyPI, FakeFile
+from tests.fakepypi import FakeFile, FakePyPI
 from tests.mirror import Mirror, http
 
 V1_JSON = "application/vnd.pypi.simple.v1+json"
@@ -120,9 +120,11 @@ def test_unknown_project_is_404_and_upstream_asked_once(mirror: Mirror, upstream
 
 def test_concurrent_requests_cause_one_upstream_fetch(tmp_path: Path, upstream: FakePyPI) -> None:
     upstream.delay("/pypi/demo-pkg/json", 1.0)
-    with Mirror(tmp_path, upstream.url, upstream.files_url, workers=2) as mirror:
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            replies = list(pool.map(lambda _: http(mirror.simple + "demo-pkg/"), range(16)))
+    with (
+        Mirror(tmp_path, upstream.url, upstream.files_url, workers=2) as mirror,
+        concurrent.futures.ThreadPoolExecutor(16) as pool,
+    ):
+        replies = list(pool.map(lambda _: http(mirror.simple + "demo-pkg/"), range(16)))
     assert {r.status for r in replies} == {200}
     assert len(upstream.requests_matching("/pypi/demo-pkg/json")) == 1
 
