@@ -1,0 +1,42 @@
+# `make run`  — set up a virtual environment and start the mirror (embedded default config
+#               unless ./config.yaml exists; pass CONFIG=path/to/config.yaml to choose one).
+# `make test` — set up the same environment with the test tools and run lint + the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+
+.PHONY: run sync test lint bench-serve bench-sync bench-cache clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "pypi-mirror needs Python 3.11 or newer ($(PYTHON) is older)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+run: $(STAMP)
+	$(BIN)/pypi-mirror serve $(if $(CONFIG),-c $(CONFIG))
+
+sync: $(STAMP)
+	$(BIN)/pypi-mirror sync $(if $(CONFIG),-c $(CONFIG))
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest -q
+
+bench-serve: $(STAMP)
+	benchmarks/serve
+
+bench-sync: $(STAMP)
+	benchmarks/sync
+
+bench-cache: $(STAMP)
+	benchmarks/cache
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
