@@ -136,6 +136,16 @@ class Repo:
     def root_json(self) -> Path:
         return self.simple_dir / "index.v1.json"
 
+    # Gzip copies of the root pages (40 MB of HTML at PyPI's size), served to clients that
+    # accept gzip; `sync` writes each beside its page.
+    @property
+    def root_html_gz(self) -> Path:
+        return self.simple_dir / "index.html.gz"
+
+    @property
+    def root_json_gz(self) -> Path:
+        return self.simple_dir / "index.v1.json.gz"
+
     def project_dir(self, name: str) -> Path:
         if not is_normalized(name):
             raise ValueError(f"not a normalised project name: {name!r}")

@@ -1,0 +1,576 @@
+"""The index sync: upstream serials ─► plan ─► fetch JSON ─► render ─► atomic writes ─► root index.
+
+Order of effects, chosen so that a run killed at any moment leaves a consistent mirror:
+- a project's cached files that vanished upstream are deleted *before* its new JSON replaces the
+  old one (the old JSON is the only record of which files belonged to it);
+- its pages and JSON land (each atomically), and only then does its serial advance, committed at
+  once: the next run refetches exactly the projects whose serial did not advance;
+- the root index is regenerated last, from the serials table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from pypi_mirror.config import Config
+from pypi_mirror.db import Database
+from pypi_mirror.index.render import (
+    RenderError,
+    index_files,
+    parse_pypi_json,
+    render_root_html,
+    render_root_json,
+)
+from pypi_mirror.index.serials import UpstreamSerials, fetch_serials
+from pypi_mirror.index.store import delete_project_pages, load_index_files, save_project
+from pypi_mirror.names import metadata_path, normalize
+from pypi_mirror.progress import Progress, format_duration
+from pypi_mirror.repo import Repo, temp_path_for
+from pypi_mirror.upstream import UpstreamError, UpstreamUrls, make_session
+
+log = logging.getLogger(__name__)
+
+GLOBAL_SERIAL_KEY = "global_serial"
+ROOT_CHUNK = 50_000  # projects per rendered slice of the root index
+GZIP_LEVEL = 6
+
+
+@dataclass(frozen=True)
+class SyncTuning:
+    """Timing knobs that are not configuration (tests shorten them)."""
+
+    backoff: float = 1.0  # first retry delay after an error; doubles each time
+    max_backoff: float = 60.0
+    stale_retries: int = 3  # extra tries when the answer is older than the listing
+    stale_delay: float = 0.25  # first delay between them; doubles
+    stop_poll: float = 0.1  # how often the stop flag is looked at while fetching
+
+
+@dataclass
+class Plan:
+    """What a sync would do: names are normalised; values are the listed serials."""
+
+    changed: dict[str, int]
+    new: dict[str, int]
+    removed: list[str]
+    global_serial: int
+    listed: int  # projects the upstream lists
+    stored_max_serial: int  # highest serial we held before this run
+
+    def fetch_order(self) -> Iterator[tuple[str, int]]:
+        """Changed projects first (their pages are being served stale), then new ones."""
+        for name in sorted(self.changed):
+            yield name, self.changed[name]
+        for name in sorted(self.new):
+            yield name, self.new[name]
+
+    @property
+    def to_fetch(self) -> int:
+        return len(self.changed) + len(self.new)
+
+
+@dataclass
+class IndexSyncResult:
+    new: int = 0
+    updated: int = 0
+    removed: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # project -> why
+    files_deleted: int = 0
+    interrupted: bool = False
+    aborted: str | None = None  # the whole run was refused (listing failed, deletion cap)
+    seconds: float = 0.0
+    root_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.interrupted and self.aborted is None
+
+    def summary(self, limit: int = 20) -> str:
+        lines = [
+            f"index sync: {self.new} new, {self.updated} updated, {self.removed} removed, "
+            f"{len(self.failed)} failed, {self.skipped} skipped, "
+            f"{self.files_deleted} cached files deleted, in {format_duration(self.seconds)}"
+        ]
+        if self.aborted:
+            lines.append(f"index sync aborted: {self.aborted}")
+        if self.interrupted:
+            lines.append("index sync interrupted: stopped at a project boundary")
+        if self.failed:
+            names = sorted(self.failed)
+            shown = ", ".join(f"{name} ({self.failed[name]})" for name in names[:limit])
+            more = f" and {len(names) - limit} more" if len(names) > limit else ""
+            lines.append(f"failed projects: {shown}{more}")
+        return "\n".join(lines)
+
+
+# -- plan ----------------------------------------------------------------------------------
+
+
+def make_plan(
+    upstream: UpstreamSerials, stored: Iterable[tuple[str, int]], *, consume: bool = True
+) -> Plan:
+    """Compare the listing with what we hold, one pass over the stored serials.
+
+    With ``consume`` the listing's dict is reused for the plan (a million entries: no copy).
+    """
+    pending = upstream.projects if consume else dict(upstream.projects)
+    listed = len(pending)
+    changed: dict[str, int] = {}
+    removed: list[str] = []
+    stored_max = 0
+    for name, serial in stored:
+        stored_max = max(stored_max, serial)
+        remote = pending.pop(name, None)
+        if remote is None:
+            removed.append(name)
+        elif remote > serial:
+            changed[name] = remote
+    return Plan(changed, pending, removed, upstream.global_serial, listed, stored_max)
+
+
+def format_plan(plan: Plan, max_deletions: int, limit: int = 10) -> str:
+    def first(names: Iterable[str], count: int) -> str:
+        head = list(itertools.islice(names, limit))
+        if not head:
+            return ""
+        more = f", … ({count - len(head)} more)" if count > len(head) else ""
+        return ": " + ", ".join(head) + more
+
+    lines = [
+        f"upstream lists {plan.listed} projects (global serial {plan.global_serial})",
+        f"new: {len(plan.new)}{first(sorted(plan.new), len(plan.new))}",
+        f"changed: {len(plan.changed)}{first(sorted(plan.changed), len(plan.changed))}",
+        f"removed: {len(plan.removed)}{first(sorted(plan.removed), len(plan.removed))}",
+    ]
+    if len(plan.removed) > max_deletions:
+        lines.append(deletion_cap_message(len(plan.removed), max_deletions))
+    return "\n".join(lines)
+
+
+def deletion_cap_message(count: int, cap: int) -> str:
+    return (
+        f"{count} projects would be removed, more than sync.max_deletions ({cap}); "
+        "nothing was deleted. If the upstream really dropped them, raise sync.max_deletions "
+        "for one run."
+    )
+
+
+# -- fetching ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Answer:
+    status: str  # "ok" | "missing" | "failed"
+    body: bytes = b""
+    doc: dict[str, Any] | None = None
+    reason: str = ""
+
+
+def _header_serial(response: aiohttp.ClientResponse) -> int | None:
+    value = response.headers.get("X-PyPI-Last-Serial", "")
+    return int(value) if value.isdigit() else None
+
+
+class _Fetcher:
+    """GET /pypi/{name}/json with retries (errors, timeouts) and brief re-asks (stale, 404)."""
+
+    def __init__(self, config: Config, session: aiohttp.ClientSession, tuning: SyncTuning) -> None:
+        self.urls = UpstreamUrls(config)
+        self.session = session
+        self.retries = config.sync.retry
+        self.tuning = tuning
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.tuning.backoff * 2**attempt, self.tuning.max_backoff)
+
+    async def fetch(self, name: str, listed: int) -> _Answer:
+        url = self.urls.project_json(name)
+        errors = 0
+        rechecks = 0
+        while True:
+            try:
+                answer = await self._get(url, listed)
+            except (aiohttp.ClientError, TimeoutError, RenderError) as error:
+                reason = "timeout" if isinstance(error, TimeoutError) else str(error) or repr(error)
+                answer = _Answer("failed", reason=reason)
+            if answer.status == "failed":
+                if errors >= self.retries:
+                    return answer
+                log.debug("%s: %s; retrying", name, answer.reason)
+                await asyncio.sleep(self._backoff(errors))
+                errors += 1
+                continue
+            if answer.status in ("stale", "missing") and rechecks < self.tuning.stale_retries:
+                # A CDN may lag behind the listing (stale body, or 404 for a new project).
+                await asyncio.sleep(self.tuning.stale_delay * 2**rechecks)
+                rechecks += 1
+                continue
+            if answer.status == "stale":
+                answer.status = "ok"  # accepted: the body's own serial is what gets stored
+            return answer
+
+    async def _get(self, url: str, listed: int) -> _Answer:
+        async with self.session.get(url, allow_redirects=False) as response:
+            if response.status == 404:
+                return _Answer("missing")
+            if response.status != 200:
+                return _Answer("failed", reason=f"HTTP {response.status}")
+            body = await response.read()
+            header = _header_serial(response)
+        doc = parse_pypi_json(body)
+        stale = doc["last_serial"] < listed or (header is not None and header < listed)
+        return _Answer("stale" if stale else "ok", body=body, doc=doc)
+
+
+# -- applying ------------------------------------------------------------------------------
+
+
+class _Applier:
+    """The local side: delete what vanished, write pages, advance serials (synchronous)."""
+
+    def __init__(self, repo: Repo, db: Database, result: IndexSyncResult, started: float) -> None:
+        self.repo = repo
+        self.db = db
+        self.result = result
+        self.started = started  # wall clock at listing time
+        self.max_serial = 0
+
+    def delete_cached(self, paths: Iterable[str]) -> int:
+        """Delete files (and their PEP 658 metadata) from every tier; their local_sizes rows."""
+        targets = [p for path in paths for p in (path, metadata_path(path))]
+        deleted = 0
+        for path in targets:
+            for tier in self.repo.tiers:
+                if self.repo.tier_file(tier.index, path).is_file():
+                    self.repo.delete_file(tier.index, path)
+                    deleted += 1
+        if targets:
+            self.db.delete_local_files(targets)
+        self.result.files_deleted += deleted
+        return deleted
+
+    def _stored_paths(self, name: str) -> list[str]:
+        try:
+            files = load_index_files(self.repo, name)
+        except RenderError as error:
+            log.warning("%s: stored JSON is unreadable (%s); its files are unknown", name, error)
+            return []
+        return [f.path for f in files or ()]
+
+    def remove(self, name: str) -> bool:
+        """Forget a project gone upstream: cached files first, then pages, JSON and serial."""
+        row = self.db.get_serial(name)
+        if row is not None and row[1] > self.started:
+            # Fetched on demand after we listed: the upstream has it now.
+            return False
+        self.delete_cached(self._stored_paths(name))
+        delete_project_pages(self.repo, self.db, name)
+        self.result.removed += 1
+        return True
+
+    def save(self, name: str, answer: _Answer, is_new: bool) -> None:
+        doc = answer.doc
+        assert doc is not None
+        shown = normalize(doc["info"]["name"])
+        if shown != name:
+            self.result.failed[name] = f"upstream answered with project {shown!r}"
+            return
+        row = self.db.get_serial(name)
+        if row is not None and doc["last_serial"] < row[0]:
+            # Older than what we hold (a lagging CDN): keep ours, ask again next run.
+            log.warning(
+                "%s: upstream answered serial %d, older than ours (%d); kept ours",
+                name,
+                doc["last_serial"],
+                row[0],
+            )
+            self.result.skipped += 1
+            return
+        old = self._stored_paths(name)
+        if old:
+            current = {f.path for f in index_files(doc)}
+            self.delete_cached(p for p in old if p not in current)
+        save_project(self.repo, self.db, answer.body, on_demand=False)
+        self.max_serial = max(self.max_serial, doc["last_serial"])
+        if is_new and row is None:
+            self.result.new += 1
+        else:
+            self.result.updated += 1
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+async def list_upstream(
+    config: Config, session: aiohttp.ClientSession, tuning: SyncTuning
+) -> UpstreamSerials:
+    """The listing, with ``sync.retry`` retries."""
+    source = config.upstream.serials_source
+    attempt = 0
+    while True:
+        try:
+            return await fetch_serials(session, UpstreamUrls(config), source)
+        except UpstreamError as error:
+            if attempt >= config.sync.retry:
+                raise
+            delay = min(tuning.backoff * 2**attempt, tuning.max_backoff)
+            log.warning("listing projects failed (%s); retrying in %.1fs", error, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+
+async def plan_sync(config: Config, db: Database | None, tuning: SyncTuning = SyncTuning()) -> Plan:
+    """List the upstream and compare with ``db`` (None: an empty mirror). Changes nothing."""
+    async with make_session(config) as session:
+        upstream = await list_upstream(config, session, tuning)
+    return make_plan(upstream, db.iter_serials_sorted() if db is not None else ())
+
+
+async def sync_index(
+    config: Config,
+    repo: Repo,
+    db: Database,
+    *,
+    stop: threading.Event | None = None,
+    tuning: SyncTuning = SyncTuning(),
+    progress_bar: bool | None = None,
+) -> IndexSyncResult:
+    """Bring the local index up to the upstream's. ``stop`` ends it at a project boundary."""
+    stop = stop or threading.Event()
+    result = IndexSyncResult()
+    clock = time.monotonic()
+    started = time.time()
+    concurrency = config.sync.concurrent_downloads
+    async with make_session(config, limit=concurrency) as session:
+        try:
+            upstream = await list_upstream(config, session, tuning)
+        except UpstreamError as error:
+            result.aborted = f"cannot list the upstream's projects: {error}"
+            result.seconds = time.monotonic() - clock
+            return result
+        plan = make_plan(upstream, db.iter_serials_sorted())
+        del upstream
+        log.info(
+            "upstream lists %d projects: %d new, %d changed, %d removed",
+            plan.listed,
+            len(plan.new),
+            len(plan.changed),
+            len(plan.removed),
+        )
+        if len(plan.removed) > config.sync.max_deletions:
+            result.aborted = deletion_cap_message(len(plan.removed), config.sync.max_deletions)
+            result.seconds = time.monotonic() - clock
+            return result
+        applier = _Applier(repo, db, result, started)
+        total = len(plan.removed) + plan.to_fetch
+        with Progress("index sync", total, unit="projects", bar=progress_bar) as progress:
+            for name in plan.removed:
+                if stop.is_set():
+                    break
+                applier.remove(name)
+                progress.advance()
+            plan.removed = []
+            if not stop.is_set():
+                fetcher = _Fetcher(config, session, tuning)
+                await _fetch_all(plan, fetcher, applier, concurrency, stop, progress, tuning)
+    result.interrupted = stop.is_set()
+    if not result.interrupted:
+        root_clock = time.monotonic()
+        global_serial = _root_serial(db, plan, applier.max_serial, complete=not result.failed)
+        write_root_index(repo, db, global_serial)
+        result.root_seconds = time.monotonic() - root_clock
+        log.info("root index written in %s", format_duration(result.root_seconds))
+    result.seconds = time.monotonic() - clock
+    return result
+
+
+async def _fetch_all(
+    plan: Plan,
+    fetcher: _Fetcher,
+    applier: _Applier,
+    concurrency: int,
+    stop: threading.Event,
+    progress: Progress,
+    tuning: SyncTuning,
+) -> None:
+    order = plan.fetch_order()
+    new = plan.new
+    result = applier.result
+
+    async def worker() -> None:
+        # One shared iterator: next() is atomic between awaits.
+        for name, listed in order:
+            if stop.is_set():
+                return
+            answer = await fetcher.fetch(name, listed)
+            # From here to the next await nothing can interrupt: a project is applied whole.
+            try:
+                if answer.status == "ok":
+                    applier.save(name, answer, is_new=name in new)
+                elif answer.status == "missing":
+                    # Listed but 404 (quarantined upstream, PEP 792): not an error.
+                    if name in new or not applier.remove(name):
+                        result.skipped += 1
+                else:
+                    result.failed[name] = answer.reason
+                    log.warning("%s: %s", name, answer.reason)
+            except (OSError, RenderError) as error:
+                result.failed[name] = f"cannot store: {error}"
+                log.error("%s: cannot store: %s", name, error)
+            progress.advance()
+
+    async def watch_stop() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(tuning.stop_poll)
+
+    workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    watcher = asyncio.create_task(watch_stop())
+    running = set(workers)
+    try:
+        while running:
+            done, _ = await asyncio.wait([*running, watcher], return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done or any(t.exception() is not None for t in done if t in running):
+                break
+            running -= done
+    finally:
+        # On stop (or a crash) the in-flight fetches hold nothing written: drop them.
+        for task in [*workers, watcher]:
+            task.cancel()
+        outcomes = await asyncio.gather(*workers, watcher, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
+
+
+def _root_serial(db: Database, plan: Plan, written_max: int, *, complete: bool) -> int:
+    """The global serial the root index claims: the upstream's after a complete run; after a
+    partial one the last complete run's (or the highest serial held, if there was none)."""
+    if complete:
+        db.set_setting(GLOBAL_SERIAL_KEY, str(plan.global_serial))
+        return plan.global_serial
+    stored = db.get_setting(GLOBAL_SERIAL_KEY)
+    if stored is not None and stored.isdigit():
+        return int(stored)
+    return max(plan.stored_max_serial, written_max)
+
+
+# -- root index ----------------------------------------------------------------------------
+
+
+def _slices(rows: Iterator[tuple[str, int]], size: int) -> Iterator[list[tuple[str, int]]]:
+    while chunk := list(itertools.islice(rows, size)):
+        yield chunk
+
+
+class _StreamedFile:
+    """A file written in pieces to a temporary name, with a gzip copy beside it; both renamed
+    into place by ``commit`` (never half-visible). Compression runs in a helper thread: zlib
+    releases the GIL, so it overlaps with rendering."""
+
+    def __init__(self, target: Path, gz_target: Path, executor: ThreadPoolExecutor) -> None:
+        self.target = target
+        self.gz_target = gz_target
+        self.temp = temp_path_for(target)
+        self.gz_temp = temp_path_for(gz_target)
+        self.handle = open(self.temp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self.gz_handle = open(self.gz_temp, "wb")  # noqa: SIM115
+        # mtime=0: the same index compresses to the same bytes.
+        self.gz = gzip.GzipFile(
+            filename="", mode="wb", fileobj=self.gz_handle, compresslevel=GZIP_LEVEL, mtime=0
+        )
+        self.executor = executor
+        self.pending: Future[None] | None = None
+
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+        if self.pending is not None:
+            self.pending.result()
+        self.pending = self.executor.submit(self.gz.write, data)
+
+    def commit(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+        self.gz.close()
+        for handle, temp, target in (
+            (self.gz_handle, self.gz_temp, self.gz_target),
+            (self.handle, self.temp, self.target),
+        ):
+            handle.close()
+            os.chmod(temp, 0o644)
+            os.replace(temp, target)
+
+    def abort(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+        for handle, temp in ((self.gz_handle, self.gz_temp), (self.handle, self.temp)):
+            handle.close()
+            temp.unlink(missing_ok=True)
+
+
+def _framing(page: bytes, marker: bytes) -> tuple[bytes, bytes]:
+    """Split an empty page at ``marker`` (where entries go) into its head and tail."""
+    at = page.index(marker) + len(marker)
+    return page[:at], page[at:]
+
+
+def write_root_index(repo: Repo, db: Database, global_serial: int) -> None:
+    """``simple/index.html`` and ``simple/index.v1.json`` (+ ``.gz`` copies) from the serials
+    table, rendered by the one renderer a slice of projects at a time (bounded memory)."""
+    html_head, html_tail = _framing(render_root_html([]), b"<body>\n")
+    json_head, json_tail = _framing(render_root_json([], global_serial), b'"projects":[')
+    repo.simple_dir.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="root-gzip") as executor:
+        html = _StreamedFile(repo.root_html, repo.root_html_gz, executor)
+        json = _StreamedFile(repo.root_json, repo.root_json_gz, executor)
+        try:
+            html.write(html_head)
+            json.write(json_head)
+            first = True
+            for chunk in _slices(db.iter_serials_sorted(), ROOT_CHUNK):
+                html.write(_entries(render_root_html([n for n, _ in chunk]), html_head, html_tail))
+                entries = _entries(render_root_json(chunk, global_serial), json_head, json_tail)
+                json.write(entries if first else b"," + entries)
+                first = False
+            html.write(html_tail)
+            json.write(json_tail)
+            json.commit()
+            html.commit()
+        except BaseException:
+            html.abort()
+            json.abort()
+            raise
+
+
+def _entries(page: bytes, head: bytes, tail: bytes) -> bytes:
+    """The entries of a rendered page, without the head and tail every page shares."""
+    if not page.startswith(head) or not page.endswith(tail):
+        raise RuntimeError("the root page renderer changed its framing")
+    return page[len(head) : len(page) - len(tail)]
+
+
+__all__ = [
+    "GLOBAL_SERIAL_KEY",
+    "IndexSyncResult",
+    "Plan",
+    "SyncTuning",
+    "deletion_cap_message",
+    "format_plan",
+    "make_plan",
+    "plan_sync",
+    "sync_index",
+    "write_root_index",
+]

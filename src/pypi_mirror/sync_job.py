@@ -1,0 +1,147 @@
+"""``pypi-mirror sync``: (1) the index sync, (2) cache management, then a summary.
+
+SIGINT/SIGTERM set a stop flag that both phases honour at their next safe point (a project
+boundary for the index); a second signal is not caught. The exit status is 0 only when every
+part succeeded; otherwise the summary names what failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from pypi_mirror.config import Config
+from pypi_mirror.db import DB_FILENAME, Database
+from pypi_mirror.index.sync import (
+    IndexSyncResult,
+    SyncTuning,
+    format_plan,
+    plan_sync,
+    sync_index,
+)
+from pypi_mirror.repo import Repo
+from pypi_mirror.upstream import UpstreamError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+class StopFlag(threading.Event):
+    """Set by SIGINT/SIGTERM; remembers which signal, for the exit status (128 + signal)."""
+
+    signum: int | None = None
+
+
+@contextmanager
+def stop_on_signals(stop: StopFlag) -> Iterator[None]:
+    """Turn the first SIGINT/SIGTERM into ``stop``; the default behaviour comes back after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    defaults = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        stop.signum = signum
+        stop.set()
+        log.warning(
+            "%s: stopping at the next safe point (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
+        for sig, default in defaults.items():
+            signal.signal(sig, default)
+
+    for sig in defaults:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, default in defaults.items():
+            signal.signal(sig, default)
+
+
+def run_sync(
+    config: Config,
+    *,
+    dry_run: bool = False,
+    tuning: SyncTuning | None = None,
+    progress_bar: bool | None = None,
+) -> int:
+    """Run the whole job; returns the process exit status."""
+    tuning = tuning or SyncTuning()
+    if dry_run:
+        return _dry_run(config, tuning)
+    repo = Repo(config)
+    repo.create_folders()
+    db = Database.open(config.repo_path)
+    stop = StopFlag()
+    try:
+        with stop_on_signals(stop):
+            index = _run_index(config, repo, db, stop, tuning, progress_bar)
+            print(index.summary(), flush=True)
+            failures = _failures(index)
+            # -- (2) cache management ------------------------------------------------------
+            # The single call site of `pypi_mirror.cache.manager.run_cache_management` goes
+            # here: run it unless the index sync was aborted or a stop was requested, print
+            # its summary, and append its failures to `failures`.
+    finally:
+        db.close()
+    if stop.signum is not None:
+        print(f"sync interrupted by {signal.Signals(stop.signum).name}", flush=True)
+        return 128 + stop.signum
+    if failures:
+        print("sync failed: " + "; ".join(failures), flush=True)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _run_index(
+    config: Config,
+    repo: Repo,
+    db: Database,
+    stop: threading.Event,
+    tuning: SyncTuning,
+    progress_bar: bool | None,
+) -> IndexSyncResult:
+    try:
+        return asyncio.run(
+            sync_index(config, repo, db, stop=stop, tuning=tuning, progress_bar=progress_bar)
+        )
+    except Exception as error:
+        # Not a per-project problem (those are counted): the local store itself failed.
+        log.exception("index sync failed")
+        return IndexSyncResult(aborted=f"{type(error).__name__}: {error}")
+
+
+def _failures(index: IndexSyncResult) -> list[str]:
+    failures = []
+    if index.aborted:
+        failures.append(f"index sync aborted ({index.aborted})")
+    if index.failed:
+        names = sorted(index.failed)
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        failures.append(f"{len(names)} project(s) could not be synced: {shown}")
+    return failures
+
+
+def _dry_run(config: Config, tuning: SyncTuning) -> int:
+    """List the upstream, compare, print the plan. Creates and changes nothing."""
+    db_path = config.repo_path / DB_FILENAME
+    db = Database(db_path) if db_path.exists() else None
+    try:
+        plan = asyncio.run(plan_sync(config, db, tuning))
+    except UpstreamError as error:
+        print(f"sync --dry-run: cannot list the upstream's projects: {error}", flush=True)
+        return EXIT_FAILED
+    finally:
+        if db is not None:
+            db.close()
+    print("dry run, nothing changed:", flush=True)
+    print(format_plan(plan, config.sync.max_deletions), flush=True)
+    return EXIT_FAILED if len(plan.removed) > config.sync.max_deletions else EXIT_OK
