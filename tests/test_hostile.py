@@ -3,8 +3,11 @@ but the configured upstream paths."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +138,35 @@ def test_absolute_form_request_target_is_not_a_proxy(mirror: Mirror, fake_pypi: 
     )
     assert re.match(rb"HTTP/1\.[01] 4\d\d ", reply), reply[:100]
     assert fake_pypi.requests == []
+
+
+def test_slow_request_head_is_cut_off(tmp_path: Path, fake_pypi: FakePyPI) -> None:
+    with Mirror(tmp_path, fake_pypi.url, fake_pypi.files_url, timeouts={"read": "1s"}) as mirror:
+        with socket.create_connection(("127.0.0.1", mirror.port), timeout=10) as conn:
+            conn.sendall(b"GET /pypi/simple/ HTTP/1.1\r\nHost: x\r\n")
+            started = time.monotonic()
+            assert conn.recv(100) == b""  # closed by the server, not answered
+            assert time.monotonic() - started < 9
+        # a normal client is unaffected
+        assert http(mirror.base + "/simple/nothing/").status in (404, 502)
+
+
+def test_client_that_stops_reading_is_cut_off(tmp_path: Path, fake_pypi: FakePyPI) -> None:
+    with Mirror(tmp_path, fake_pypi.url, fake_pypi.files_url, timeouts={"write": "1s"}) as mirror:
+        path = "ab/cd/" + "2" * 60 + "/big-1.0.tar.gz"
+        target = mirror.repo / "packages" / path
+        target.parent.mkdir(parents=True)
+        target.write_bytes(os.urandom(64 * 1024 * 1024))
+        with socket.socket() as conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            conn.settimeout(15)
+            conn.connect(("127.0.0.1", mirror.port))
+            conn.sendall(f"GET /pypi/packages/{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            time.sleep(3)  # never read: the server must give up after timeouts.write
+            received = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := conn.recv(1 << 20):
+                    received += len(chunk)
+        assert received < 64 * 1024 * 1024
+        entries = mirror.log_entries()
+        assert entries and entries[-1]["path"].endswith("big-1.0.tar.gz")

@@ -3,9 +3,9 @@ the hot paths), the access-log hook, and the error boundary."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -13,6 +13,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from pypi_mirror.server.accesslog import format_combined, format_mirror_json
 from pypi_mirror.server.files import handle_file
+from pypi_mirror.server.sendfile import STATUS_KEY, WRITE_TIMEOUT_KEY
 from pypi_mirror.server.simple import SimpleIndex
 from pypi_mirror.server.state import ServerState
 
@@ -26,8 +27,22 @@ class Handler:
         self.state = state
         self.simple = simple
         self.prefix = state.config.prefix
+        self.write_timeout = state.config.timeouts.write
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        request[WRITE_TIMEOUT_KEY] = self.write_timeout
+        started = time.monotonic()
+        try:
+            return await self.dispatch(request)
+        except (ConnectionError, asyncio.CancelledError):
+            # aiohttp logs only completed responses; an aborted download is still a line
+            # (nginx's 499 when the client left before any answer).
+            status = request.get(STATUS_KEY, 499)
+            size = request.get("bytes_sent", 0)
+            write_access_entry(self.state, request, status, size, time.monotonic() - started)
+            raise
+
+    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         raw = request.raw_path.split("?", 1)[0]
         if len(raw) > MAX_PATH or "\x00" in raw or "%00" in raw:
             return web.Response(status=400, text="bad request path\n")
@@ -53,48 +68,54 @@ class Handler:
         return web.Response(status=404, text="not found\n")
 
 
+def write_access_entry(
+    state: ServerState, request: web.BaseRequest, status: int, size: int, seconds: float
+) -> None:
+    writer = state.access_log
+    if writer is None:
+        return
+    address = state.client_ip(request)
+    client = str(address) if address is not None else (request.remote or "-")
+    headers = request.headers
+    if state.config.log.format == "combined":
+        line = format_combined(
+            moment=time.time(),
+            method=request.method,
+            path=request.raw_path,
+            version=f"{request.version.major}.{request.version.minor}",
+            status=status,
+            size=size,
+            client_ip=client,
+            user_agent=headers.get("User-Agent", ""),
+            referer=headers.get("Referer", ""),
+        )
+    else:
+        line = format_mirror_json(
+            moment=time.time(),
+            method=request.method,
+            path=request.raw_path,
+            status=status,
+            size=size,
+            duration_ms=int(seconds * 1000),
+            client_ip=client,
+            user_agent=headers.get("User-Agent", ""),
+            referer=headers.get("Referer", ""),
+            proxied=bool(request.get("proxied")),
+        )
+    writer.write(line)
+
+
 def access_logger_class(state: ServerState) -> type[AbstractAccessLogger]:
     """aiohttp calls ``log`` once a response is fully sent: true durations and sizes."""
-    writer = state.access_log
-    combined = state.config.log.format == "combined"
+    enabled = state.access_log is not None
 
     class MirrorAccessLogger(AbstractAccessLogger):
         @property
         def enabled(self) -> bool:
-            return writer is not None
+            return enabled
 
         def log(self, request: web.BaseRequest, response: web.StreamResponse, time_: float) -> None:
-            if writer is None:
-                return
-            address = state.client_ip(request)
-            client = str(address) if address is not None else (request.remote or "-")
-            size: Any = request.get("bytes_sent", response.body_length)
-            headers = request.headers
-            if combined:
-                line = format_combined(
-                    moment=time.time(),
-                    method=request.method,
-                    path=request.raw_path,
-                    version=f"{request.version.major}.{request.version.minor}",
-                    status=response.status,
-                    size=int(size),
-                    client_ip=client,
-                    user_agent=headers.get("User-Agent", ""),
-                    referer=headers.get("Referer", ""),
-                )
-            else:
-                line = format_mirror_json(
-                    moment=time.time(),
-                    method=request.method,
-                    path=request.raw_path,
-                    status=response.status,
-                    size=int(size),
-                    duration_ms=int(time_ * 1000),
-                    client_ip=client,
-                    user_agent=headers.get("User-Agent", ""),
-                    referer=headers.get("Referer", ""),
-                    proxied=bool(request.get("proxied")),
-                )
-            writer.write(line)
+            size = request.get("bytes_sent", response.body_length)
+            write_access_entry(state, request, response.status, int(size), time_)
 
     return MirrorAccessLogger

@@ -8,6 +8,8 @@ import logging
 import aiohttp
 from aiohttp import web
 
+from pypi_mirror.server.sendfile import STATUS_KEY, WRITE_TIMEOUT_KEY
+
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
@@ -26,7 +28,9 @@ FORWARDED_RESPONSE_HEADERS = (
 
 
 async def proxy_stream(
-    request: web.BaseRequest, session: aiohttp.ClientSession, url: str
+    request: web.BaseRequest,
+    session: aiohttp.ClientSession,
+    url: str,
 ) -> web.StreamResponse:
     """Send the upstream's answer for ``url`` (built from the configured bases only)."""
     request["proxied"] = True
@@ -58,12 +62,16 @@ async def proxy_stream(
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
         await response.prepare(request)
+        request[STATUS_KEY] = upstream.status
         sent = 0
         try:
             async for chunk in upstream.content.iter_chunked(CHUNK):
-                await response.write(chunk)
+                async with asyncio.timeout(request.get(WRITE_TIMEOUT_KEY)):
+                    await response.write(chunk)
                 sent += len(chunk)
         except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as error:
+            # (a TimeoutError here is the client not reading within timeouts.write, or the
+            # upstream stalling beyond timeouts.upstream)
             # Headers are out: the only honest signal left is to cut the connection, so the
             # client sees a short body instead of a clean end.
             log.warning("upstream body for %s broke off after %d bytes: %s", url, sent, error)

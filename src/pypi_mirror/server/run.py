@@ -26,6 +26,7 @@ from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import FLUSH_INTERVAL, AccessLogWriter
 from pypi_mirror.server.app import Handler, access_logger_class
 from pypi_mirror.server.ondemand import OnDemandIndex
+from pypi_mirror.server.readtimeout import ReadTimeoutServer
 from pypi_mirror.server.simple import SimpleIndex
 from pypi_mirror.server.state import ServerState
 from pypi_mirror.upstream import UpstreamUrls
@@ -76,8 +77,9 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
     state = ServerState(config, repo, urls, votes, access_log)
     ondemand = OnDemandIndex(config, repo, urls, state.session)
     handler = Handler(state, SimpleIndex(state, ondemand))
-    server = web.Server(
+    server = ReadTimeoutServer(
         handler,
+        read_timeout=config.timeouts.read,
         access_log_class=access_logger_class(state),
         access_log=logging.getLogger("pypi_mirror.access"),
         keepalive_timeout=config.timeouts.idle,

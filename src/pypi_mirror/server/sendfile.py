@@ -71,6 +71,33 @@ def _not_modified(request: web.BaseRequest, etag: str, mtime: float) -> bool:
     return False
 
 
+SENDFILE_SLICE = 16 * 1024 * 1024
+WRITE_TIMEOUT_KEY = "write_timeout"  # set on each request by the handler (timeouts.write)
+STATUS_KEY = "status"  # the status already sent, for the log line of an aborted transfer
+
+
+async def _sendfile_bounded(
+    transport: asyncio.BaseTransport,
+    handle: BinaryIO,
+    offset: int,
+    count: int,
+    write_timeout: float | None,
+) -> None:
+    """sendfile(2) in slices, each bounded by ``timeouts.write``: a client that stops
+    reading is cut off instead of holding the connection for ever."""
+    loop = asyncio.get_running_loop()
+    end = offset + count
+    while offset < end:
+        size = min(SENDFILE_SLICE, end - offset)
+        try:
+            async with asyncio.timeout(write_timeout):
+                await loop.sendfile(transport, handle, offset, size)  # type: ignore[arg-type]
+        except TimeoutError:
+            transport.abort()  # type: ignore[attr-defined]
+            raise ConnectionResetError("client stopped reading (timeouts.write)") from None
+        offset += size
+
+
 def open_regular_file(path: str) -> tuple[BinaryIO, os.stat_result] | None:
     """Open a regular file (no symlink games, no directories); None if it is not there."""
     try:
@@ -137,10 +164,11 @@ async def send_file(
             await response.write_eof()
             return response
         await response.prepare(request)
+        request[STATUS_KEY] = status
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("client went away")
-        await asyncio.get_running_loop().sendfile(transport, handle, first, count)
+        await _sendfile_bounded(transport, handle, first, count, request.get(WRITE_TIMEOUT_KEY))
         request["bytes_sent"] = count  # sendfile bypasses the writer's byte count
         await response.write_eof()
         return response
