@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -94,7 +95,13 @@ class Mirror:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited early: {self.stderr()}")
             try:
-                urllib.request.urlopen(f"{self.base}/ready-check", timeout=1)
+                if "tls" in self.config:  # any certificate will do to see that it is up
+                    ready = self.base.replace("http://", "https://") + "/ready-check"
+                    urllib.request.urlopen(
+                        ready, timeout=1, context=ssl._create_unverified_context()
+                    )
+                else:
+                    urllib.request.urlopen(f"{self.base}/ready-check", timeout=1)
             except urllib.error.HTTPError:
                 return self  # any HTTP answer means the server is up
             except OSError:
