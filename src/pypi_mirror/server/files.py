@@ -9,6 +9,7 @@ from aiohttp import web
 
 from pypi_mirror.names import METADATA_SUFFIX, is_valid_file_path
 from pypi_mirror.server.clientip import fallback_mode
+from pypi_mirror.server.metadata import serve_remote_metadata
 from pypi_mirror.server.proxy import proxy_stream
 from pypi_mirror.server.sendfile import open_regular_file, send_file
 from pypi_mirror.server.state import ServerState
@@ -59,6 +60,9 @@ async def _local_or_fallback(
         if opened is not None:
             handle, st = opened
             return await send_file(request, handle, st, content_type=content_type)
+    if path.endswith(METADATA_SUFFIX):
+        # Never redirected: the file host may lack it (see server/metadata.py).
+        return await serve_remote_metadata(request, state, path)
     mode = fallback_mode(state.client_ip(request), state.config.fallback)
     if mode == "proxy":
         return await proxy_stream(request, state.session(), state.urls.file(path))
