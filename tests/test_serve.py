@@ -169,6 +169,13 @@ def test_relative_and_absolute_upstream_urls_map_to_same_paths(
     assert doc["files"][0]["url"] == f"../../packages/{wheel.path}"
 
 
+def test_root_index_exists_before_any_sync(mirror: Mirror) -> None:
+    html = http(mirror.simple)
+    assert html.status == 200 and html.headers["content-type"] == "text/html"
+    doc = http(mirror.simple, headers={"Accept": V1_JSON}).json()
+    assert doc["projects"] == [] and doc["meta"]["api-version"] == "1.1"
+
+
 def test_root_index_gzip_and_serial(mirror: Mirror) -> None:
     simple = mirror.repo / "simple"
     simple.mkdir(parents=True, exist_ok=True)

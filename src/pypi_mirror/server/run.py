@@ -22,6 +22,7 @@ from aiohttp import web
 from pypi_mirror.cache.votes import VoteRecorder
 from pypi_mirror.config import Config
 from pypi_mirror.db import Database
+from pypi_mirror.index.sync import GLOBAL_SERIAL_KEY, write_root_index
 from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import FLUSH_INTERVAL, AccessLogWriter
 from pypi_mirror.server.app import Handler, access_logger_class
@@ -189,11 +190,26 @@ def _supervise(config: Config, ssl_context: ssl.SSLContext | None, count: int) -
     return exit_code
 
 
+def _ensure_root_index(repo: Repo, db: Database) -> None:
+    """A mirror that never ran `sync` still answers /simple/: list what it knows so far."""
+    if repo.root_html.exists() and repo.root_json.exists():
+        return
+    stored = db.get_setting(GLOBAL_SERIAL_KEY)
+    serial = (
+        int(stored) if stored and stored.isdigit() else max(db.all_serials().values(), default=0)
+    )
+    write_root_index(repo, db, serial)
+
+
 def run_server(config: Config) -> int:
     try:
         repo = Repo(config)
         repo.create_folders()
-        Database.open(config.repo_path).close()  # create or migrate the schema once, up front
+        db = Database.open(config.repo_path)  # create or migrate the schema once, up front
+        try:
+            _ensure_root_index(repo, db)
+        finally:
+            db.close()
         ssl_context = _ssl_context(config)
         host, port = config.listen_host_port
         _check_port_free(host, port)
