@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from tests.fakepypi import FakePyPI
 from tests.mirror import Mirror, client_env, deep_merge
 
 FAST = SyncTuning(backoff=0.01, max_backoff=0.05, stale_delay=0.01, stop_poll=0.01)
+# The same, applying projects in a pool of worker processes (as big runs do).
+POOLED = replace(FAST, local_workers=2, pool_threshold=0)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -65,8 +68,12 @@ def cli(config_path: Path, *args: str, timeout: float = 60) -> subprocess.Comple
     )
 
 
-def sync(config: Config, capsys: pytest.CaptureFixture[str] | None = None) -> tuple[int, str]:
-    code = run_sync(config, tuning=FAST, progress_bar=False)
+def sync(
+    config: Config,
+    capsys: pytest.CaptureFixture[str] | None = None,
+    tuning: SyncTuning = FAST,
+) -> tuple[int, str]:
+    code = run_sync(config, tuning=tuning, progress_bar=False)
     out = capsys.readouterr().out if capsys is not None else ""
     return code, out
 
@@ -243,18 +250,19 @@ def test_removed_project_loses_pages_json_serial_and_cached_files(
     assert b"foo-bar" not in (repo / "simple" / "index.html").read_bytes()
 
 
+@pytest.mark.parametrize("tuning", [FAST, POOLED], ids=["in-process", "pooled"])
 def test_file_deleted_upstream_loses_its_cached_copy(
-    tmp_path: Path, fake_pypi: FakePyPI, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, fake_pypi: FakePyPI, capsys: pytest.CaptureFixture[str], tuning: SyncTuning
 ) -> None:
     populate(fake_pypi)
     config = two_tier_config(tmp_path, fake_pypi)
-    assert sync(config)[0] == 0
+    assert sync(config, tuning=tuning)[0] == 0
     wheel, sdist = fake_pypi.files("foo-bar")
     gone = place_cached(config, wheel.path, tier=1)
     kept = place_cached(config, sdist.path, tier=0)
 
     fake_pypi.remove_file("foo-bar", wheel.filename)
-    code, out = sync(config, capsys)
+    code, out = sync(config, capsys, tuning)
     assert code == 0
     assert "0 new, 1 updated, 0 removed" in out
     assert not gone.exists()
@@ -585,25 +593,27 @@ def test_root_index_written_in_slices_equals_one_rendering(
 # -- the mirror ends up as a fresh sync would leave it ---------------------------------------
 
 
+@pytest.mark.parametrize("tuning", [FAST, POOLED], ids=["in-process", "pooled"])
 def test_syncs_against_a_changing_upstream_equal_a_fresh_sync(
-    tmp_path: Path, fake_pypi: FakePyPI
+    tmp_path: Path, fake_pypi: FakePyPI, tuning: SyncTuning
 ) -> None:
     populate(fake_pypi)
     fake_pypi.add_wheel("doomed", "1.0")
     config = make_config(tmp_path / "repo", fake_pypi)
-    assert sync(config)[0] == 0
+    assert sync(config, tuning=tuning)[0] == 0
 
     six = fake_pypi.files("six")[0]
     fake_pypi.add_wheel("six", "1.17.0")
     fake_pypi.yank("six", six.filename)
     fake_pypi.remove_project("doomed")
     fake_pypi.add_sdist("late-comer", "0.1")
-    assert sync(config)[0] == 0
+    assert sync(config, tuning=tuning)[0] == 0
 
     fake_pypi.remove_file("foo-bar", fake_pypi.files("foo-bar")[0].filename)
     fake_pypi.unyank("six", six.filename)
     fake_pypi.add_wheel("zope.interface", "7.0")
-    assert sync(config)[0] == 0
+    fake_pypi.quarantine("late-comer")
+    assert sync(config, tuning=tuning)[0] == 0
 
     assert tree(tmp_path / "repo") == fresh_copy(tmp_path, fake_pypi)
 

@@ -11,17 +11,19 @@ Order of effects, chosen so that a run killed at any moment leaves a consistent 
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import itertools
 import logging
+import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -57,6 +59,8 @@ class SyncTuning:
     stale_retries: int = 3  # extra tries when the answer is older than the listing
     stale_delay: float = 0.25  # first delay between them; doubles
     stop_poll: float = 0.1  # how often the stop flag is looked at while fetching
+    local_workers: int | None = None  # processes applying projects; None: CPUs - 1 (≥ 4 CPUs)
+    pool_threshold: int = 1000  # fewer projects to fetch than this: apply in-process
 
 
 @dataclass
@@ -174,9 +178,8 @@ def deletion_cap_message(count: int, cap: int) -> str:
 
 @dataclass
 class _Answer:
-    status: str  # "ok" | "missing" | "failed"
+    status: str  # "ok" | "stale" | "missing" | "failed"
     body: bytes = b""
-    doc: dict[str, Any] | None = None
     reason: str = ""
 
 
@@ -231,85 +234,95 @@ class _Fetcher:
                 return _Answer("failed", reason=f"HTTP {response.status}")
             body = await response.read()
             header = _header_serial(response)
-        doc = parse_pypi_json(body)
-        stale = doc["last_serial"] < listed or (header is not None and header < listed)
-        return _Answer("stale" if stale else "ok", body=body, doc=doc)
+        # PyPI sends the project's serial in a header; only without one is the body parsed here
+        # (it is parsed again where it is rendered, so this is worth saving).
+        serial = header if header is not None else parse_pypi_json(body)["last_serial"]
+        return _Answer("stale" if serial < listed else "ok", body=body)
 
 
 # -- applying ------------------------------------------------------------------------------
 
 
-class _Applier:
-    """The local side: delete what vanished, write pages, advance serials (synchronous)."""
+@dataclass(frozen=True)
+class Outcome:
+    """What applying one fetched project did (crosses process boundaries: plain data)."""
 
-    def __init__(self, repo: Repo, db: Database, result: IndexSyncResult, started: float) -> None:
-        self.repo = repo
-        self.db = db
-        self.result = result
-        self.started = started  # wall clock at listing time
-        self.max_serial = 0
+    kind: str  # "new" | "updated" | "skipped" | "failed"
+    reason: str = ""
+    files_deleted: int = 0
+    serial: int = 0
 
-    def delete_cached(self, paths: Iterable[str]) -> int:
-        """Delete files (and their PEP 658 metadata) from every tier; their local_sizes rows."""
-        targets = [p for path in paths for p in (path, metadata_path(path))]
+
+def delete_cached(repo: Repo, db: Database, paths: Iterable[str]) -> int:
+    """Delete files (and their PEP 658 metadata) from every tier, and their local_sizes rows."""
+    targets = [p for path in paths for p in (path, metadata_path(path))]
+    deleted = 0
+    for path in targets:
+        for tier in repo.tiers:
+            if repo.tier_file(tier.index, path).is_file():
+                repo.delete_file(tier.index, path)
+                deleted += 1
+    if targets:
+        db.delete_local_files(targets)
+    return deleted
+
+
+def stored_paths(repo: Repo, name: str) -> list[str]:
+    """File paths listed in our JSON copy of ``name`` (the record of what may be cached)."""
+    try:
+        files = load_index_files(repo, name)
+    except RenderError as error:
+        log.warning("%s: stored JSON is unreadable (%s); its files are unknown", name, error)
+        return []
+    return [f.path for f in files or ()]
+
+
+def apply_project(repo: Repo, db: Database, name: str, body: bytes) -> Outcome:
+    """Store one fetched ``/pypi/{name}/json`` body: delete the cached files that vanished from
+    it, then write its pages and JSON and advance its serial (store.save_project)."""
+    try:
+        row = db.get_serial(name)
+        old = stored_paths(repo, name)
         deleted = 0
-        for path in targets:
-            for tier in self.repo.tiers:
-                if self.repo.tier_file(tier.index, path).is_file():
-                    self.repo.delete_file(tier.index, path)
-                    deleted += 1
-        if targets:
-            self.db.delete_local_files(targets)
-        self.result.files_deleted += deleted
-        return deleted
+        if row is not None or old:
+            # A project we hold: check the answer against what we have before replacing it.
+            doc = parse_pypi_json(body)
+            shown = normalize(doc["info"]["name"])
+            if shown != name:
+                return Outcome("failed", f"upstream answered with project {shown!r}")
+            if row is not None and doc["last_serial"] < row[0]:
+                # Older than what we hold (a lagging CDN): keep ours, ask again next run.
+                log.warning(
+                    "%s: upstream answered serial %d, older than ours (%d); kept ours",
+                    name,
+                    doc["last_serial"],
+                    row[0],
+                )
+                return Outcome("skipped", "older than ours")
+            if old:
+                # Before the new JSON replaces the old: the old one is the only record.
+                current = {f.path for f in index_files(doc)}
+                deleted = delete_cached(repo, db, [p for p in old if p not in current])
+        rendered = save_project(repo, db, body, on_demand=False)
+        if rendered.name != name:
+            # Only for a project new to us: the pages went to the project the body names.
+            return Outcome("failed", f"upstream answered with project {rendered.name!r}")
+        return Outcome("new" if row is None else "updated", "", deleted, rendered.serial)
+    except (OSError, RenderError) as error:
+        return Outcome("failed", f"cannot store: {error}")
 
-    def _stored_paths(self, name: str) -> list[str]:
-        try:
-            files = load_index_files(self.repo, name)
-        except RenderError as error:
-            log.warning("%s: stored JSON is unreadable (%s); its files are unknown", name, error)
-            return []
-        return [f.path for f in files or ()]
 
-    def remove(self, name: str) -> bool:
-        """Forget a project gone upstream: cached files first, then pages, JSON and serial."""
-        row = self.db.get_serial(name)
-        if row is not None and row[1] > self.started:
-            # Fetched on demand after we listed: the upstream has it now.
-            return False
-        self.delete_cached(self._stored_paths(name))
-        delete_project_pages(self.repo, self.db, name)
-        self.result.removed += 1
-        return True
+def remove_project(repo: Repo, db: Database, name: str, listed_at: float) -> tuple[bool, int]:
+    """Forget a project gone upstream: cached files first, then pages, JSON and serial.
 
-    def save(self, name: str, answer: _Answer, is_new: bool) -> None:
-        doc = answer.doc
-        assert doc is not None
-        shown = normalize(doc["info"]["name"])
-        if shown != name:
-            self.result.failed[name] = f"upstream answered with project {shown!r}"
-            return
-        row = self.db.get_serial(name)
-        if row is not None and doc["last_serial"] < row[0]:
-            # Older than what we hold (a lagging CDN): keep ours, ask again next run.
-            log.warning(
-                "%s: upstream answered serial %d, older than ours (%d); kept ours",
-                name,
-                doc["last_serial"],
-                row[0],
-            )
-            self.result.skipped += 1
-            return
-        old = self._stored_paths(name)
-        if old:
-            current = {f.path for f in index_files(doc)}
-            self.delete_cached(p for p in old if p not in current)
-        save_project(self.repo, self.db, answer.body, on_demand=False)
-        self.max_serial = max(self.max_serial, doc["last_serial"])
-        if is_new and row is None:
-            self.result.new += 1
-        else:
-            self.result.updated += 1
+    Returns (removed, cached files deleted)."""
+    row = db.get_serial(name)
+    if row is not None and row[1] > listed_at:
+        # Fetched on demand after we listed: the upstream has it now.
+        return False, 0
+    deleted = delete_cached(repo, db, stored_paths(repo, name))
+    delete_project_pages(repo, db, name)
+    return True, deleted
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -353,7 +366,7 @@ async def sync_index(
     stop = stop or threading.Event()
     result = IndexSyncResult()
     clock = time.monotonic()
-    started = time.time()
+    listed_at = time.time()
     concurrency = config.sync.concurrent_downloads
     async with make_session(config, limit=concurrency) as session:
         try:
@@ -362,11 +375,15 @@ async def sync_index(
             result.aborted = f"cannot list the upstream's projects: {error}"
             result.seconds = time.monotonic() - clock
             return result
+        listed_in = time.monotonic() - clock
         plan = make_plan(upstream, db.iter_serials_sorted())
         del upstream
         log.info(
-            "upstream lists %d projects: %d new, %d changed, %d removed",
+            "upstream lists %d projects (listed in %s, planned in %s): "
+            "%d new, %d changed, %d removed",
             plan.listed,
+            format_duration(listed_in),
+            format_duration(time.monotonic() - clock - listed_in),
             len(plan.new),
             len(plan.changed),
             len(plan.removed),
@@ -375,22 +392,29 @@ async def sync_index(
             result.aborted = deletion_cap_message(len(plan.removed), config.sync.max_deletions)
             result.seconds = time.monotonic() - clock
             return result
-        applier = _Applier(repo, db, result, started)
-        total = len(plan.removed) + plan.to_fetch
-        with Progress("index sync", total, unit="projects", bar=progress_bar) as progress:
-            for name in plan.removed:
-                if stop.is_set():
-                    break
-                applier.remove(name)
-                progress.advance()
-            plan.removed = []
-            if not stop.is_set():
-                fetcher = _Fetcher(config, session, tuning)
-                await _fetch_all(plan, fetcher, applier, concurrency, stop, progress, tuning)
+        local = _Local.start(config, repo, db, tuning, plan.to_fetch)
+        try:
+            total = len(plan.removed) + plan.to_fetch
+            with Progress("index sync", total, unit="projects", bar=progress_bar) as progress:
+                for name in plan.removed:
+                    if stop.is_set():
+                        break
+                    removed, deleted = remove_project(repo, db, name, listed_at)
+                    result.removed += removed
+                    result.files_deleted += deleted
+                    progress.advance()
+                plan.removed = []
+                if not stop.is_set():
+                    fetcher = _Fetcher(config, session, tuning)
+                    run = _FetchRun(plan, fetcher, local, result, listed_at)
+                    await run.run(concurrency, stop, progress, tuning)
+        finally:
+            local.close()
     result.interrupted = stop.is_set()
     if not result.interrupted:
         root_clock = time.monotonic()
-        global_serial = _root_serial(db, plan, applier.max_serial, complete=not result.failed)
+        written_max = max(local.serials, default=0)
+        global_serial = _root_serial(db, plan, written_max, complete=not result.failed)
         write_root_index(repo, db, global_serial)
         result.root_seconds = time.monotonic() - root_clock
         log.info("root index written in %s", format_duration(result.root_seconds))
@@ -398,62 +422,174 @@ async def sync_index(
     return result
 
 
-async def _fetch_all(
-    plan: Plan,
-    fetcher: _Fetcher,
-    applier: _Applier,
-    concurrency: int,
-    stop: threading.Event,
-    progress: Progress,
-    tuning: SyncTuning,
-) -> None:
-    order = plan.fetch_order()
-    new = plan.new
-    result = applier.result
+# Per-process state of the pool's workers (set by _worker_init).
+_worker_store: tuple[Repo, Database] | None = None
 
-    async def worker() -> None:
+
+def _worker_init(config: Config) -> None:
+    # Signals are the parent's business: it stops handing out work, we finish the project.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    global _worker_store
+    _worker_store = (Repo(config), Database.open(config.repo_path))
+
+
+def _worker_apply(name: str, body: bytes) -> Outcome:
+    assert _worker_store is not None
+    repo, db = _worker_store
+    return apply_project(repo, db, name, body)
+
+
+def _worker_ready() -> bool:
+    return _worker_store is not None
+
+
+class _Local:
+    """Where fetched projects are applied: in this process, or — for big runs on a machine with
+    several cores — in a pool of processes, since rendering is CPU work that holds the GIL.
+
+    Each worker has its own database connection; serials commit per project either way."""
+
+    def __init__(self, repo: Repo, db: Database, pool: ProcessPoolExecutor | None) -> None:
+        self.repo = repo
+        self.db = db
+        self.pool = pool
+        self.serials: list[int] = []
+
+    @classmethod
+    def start(
+        cls, config: Config, repo: Repo, db: Database, tuning: SyncTuning, to_fetch: int
+    ) -> _Local:
+        workers = tuning.local_workers
+        if workers is None:
+            # The main process needs a core of its own for the HTTP side; measured on two
+            # cores, a pool is slower than applying in-process (the IPC costs what it saves).
+            cpus = os.cpu_count() or 1
+            workers = cpus - 1 if cpus >= 4 else 0
+        if workers < 1 or to_fetch < tuning.pool_threshold:
+            return cls(repo, db, None)
+        # fork: the workers need nothing re-imported, and `python -m pypi_mirror` must not
+        # run again in them (what spawn and forkserver would do with the main module). Frozen
+        # objects are skipped by the children's garbage collector, so the plan's big dicts
+        # stay shared instead of being copied page by page.
+        gc.freeze()
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_worker_init,
+            initargs=(config,),
+        )
+        # Start them all now, before the progress thread exists.
+        for ready in [pool.submit(_worker_ready) for _ in range(workers)]:
+            ready.result()
+        gc.unfreeze()
+        log.info("applying projects in %d worker processes", workers)
+        return cls(repo, db, pool)
+
+    async def apply(self, name: str, body: bytes) -> Outcome:
+        if self.pool is None:
+            outcome = apply_project(self.repo, self.db, name, body)
+        else:
+            loop = asyncio.get_running_loop()
+            outcome = await loop.run_in_executor(self.pool, _worker_apply, name, body)
+        if outcome.serial:
+            self.serials.append(outcome.serial)
+            if len(self.serials) > 1024:
+                self.serials[:] = [max(self.serials)]
+        return outcome
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _FetchRun:
+    """``concurrency`` tasks taking projects from one queue: fetch, then apply."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        fetcher: _Fetcher,
+        local: _Local,
+        result: IndexSyncResult,
+        listed_at: float,
+    ) -> None:
+        self.order = plan.fetch_order()
+        self.new = plan.new
+        self.fetcher = fetcher
+        self.local = local
+        self.result = result
+        self.listed_at = listed_at  # wall clock when the upstream was listed
+        self.fetching: set[asyncio.Task[None]] = set()
+
+    async def worker(self, stop: threading.Event, progress: Progress) -> None:
+        me = asyncio.current_task()
+        assert me is not None
         # One shared iterator: next() is atomic between awaits.
-        for name, listed in order:
+        for name, listed in self.order:
             if stop.is_set():
                 return
-            answer = await fetcher.fetch(name, listed)
-            # From here to the next await nothing can interrupt: a project is applied whole.
+            self.fetching.add(me)
             try:
-                if answer.status == "ok":
-                    applier.save(name, answer, is_new=name in new)
-                elif answer.status == "missing":
-                    # Listed but 404 (quarantined upstream, PEP 792): not an error.
-                    if name in new or not applier.remove(name):
-                        result.skipped += 1
-                else:
-                    result.failed[name] = answer.reason
-                    log.warning("%s: %s", name, answer.reason)
-            except (OSError, RenderError) as error:
-                result.failed[name] = f"cannot store: {error}"
-                log.error("%s: cannot store: %s", name, error)
+                answer = await self.fetcher.fetch(name, listed)
+            finally:
+                self.fetching.discard(me)
+            # Applying is never cancelled: a project is stored whole, then the stop is seen.
+            self.record(name, answer, await self.outcome(name, answer))
             progress.advance()
 
-    async def watch_stop() -> None:
-        while not stop.is_set():
-            await asyncio.sleep(tuning.stop_poll)
+    async def outcome(self, name: str, answer: _Answer) -> Outcome:
+        if answer.status == "ok":
+            return await self.local.apply(name, answer.body)
+        if answer.status == "missing":
+            # Listed but 404: quarantined upstream (PEP 792). Not an error: a project we hold
+            # goes; one we never had is skipped and asked for again next run.
+            if name not in self.new:
+                local = self.local
+                removed, deleted = remove_project(local.repo, local.db, name, self.listed_at)
+                if removed:
+                    return Outcome("removed", files_deleted=deleted)
+            return Outcome("skipped", "not found upstream")
+        return Outcome("failed", answer.reason)
 
-    workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
-    watcher = asyncio.create_task(watch_stop())
-    running = set(workers)
-    try:
-        while running:
-            done, _ = await asyncio.wait([*running, watcher], return_when=asyncio.FIRST_COMPLETED)
-            if watcher in done or any(t.exception() is not None for t in done if t in running):
-                break
-            running -= done
-    finally:
-        # On stop (or a crash) the in-flight fetches hold nothing written: drop them.
-        for task in [*workers, watcher]:
-            task.cancel()
-        outcomes = await asyncio.gather(*workers, watcher, return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, Exception):
-            raise outcome
+    def record(self, name: str, answer: _Answer, outcome: Outcome) -> None:
+        result = self.result
+        result.files_deleted += outcome.files_deleted
+        if outcome.kind == "new":
+            result.new += 1
+        elif outcome.kind == "updated":
+            result.updated += 1
+        elif outcome.kind == "removed":
+            result.removed += 1
+        elif outcome.kind == "skipped":
+            result.skipped += 1
+        else:
+            result.failed[name] = outcome.reason
+            log.warning("%s: %s", name, outcome.reason)
+
+    async def run(
+        self, concurrency: int, stop: threading.Event, progress: Progress, tuning: SyncTuning
+    ) -> None:
+        workers = [asyncio.create_task(self.worker(stop, progress)) for _ in range(concurrency)]
+        running = set(workers)
+        try:
+            while running:
+                done, running = await asyncio.wait(running, timeout=tuning.stop_poll)
+                if any(not t.cancelled() and t.exception() is not None for t in done):
+                    break
+                if stop.is_set():
+                    # In-flight fetches hold nothing written: drop them. Workers applying a
+                    # project finish it and then see the stop.
+                    for task in list(self.fetching):
+                        task.cancel()
+        finally:
+            # Only after a crash (or if we are cancelled ourselves) is anything left running.
+            for task in running:
+                task.cancel()
+            outcomes = await asyncio.gather(*workers, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
 
 
 def _root_serial(db: Database, plan: Plan, written_max: int, *, complete: bool) -> int:
