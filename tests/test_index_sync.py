@@ -27,7 +27,7 @@ from pypi_mirror.index.render import render_root_html, render_root_json
 from pypi_mirror.index.sync import SyncTuning, write_root_index
 from pypi_mirror.progress import Progress
 from pypi_mirror.repo import TEMP_PREFIX, Repo
-from pypi_mirror.sync_job import run_sync
+from pypi_mirror.sync_job import INDEX_LOCK, exclusive, run_sync
 from tests.fakepypi import FakePyPI
 from tests.mirror import Mirror, client_env, deep_merge
 
@@ -498,6 +498,21 @@ def test_sigterm_stops_at_a_project_boundary(tmp_path: Path, fake_pypi: FakePyPI
     # Stopped cleanly: no temporary file left anywhere, every page whole.
     assert not [p for p in repo.rglob("*") if p.name.startswith(TEMP_PREFIX)]
     assert_complete(repo)
+
+
+def test_a_second_sync_while_one_runs_does_nothing(
+    tmp_path: Path, fake_pypi: FakePyPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    populate(fake_pypi)
+    config = make_config(tmp_path / "repo", fake_pypi)
+    (tmp_path / "repo").mkdir()
+    with exclusive(tmp_path / "repo" / INDEX_LOCK) as mine:
+        assert mine
+        code, out = sync(config, capsys)
+    assert code == 1
+    assert "another sync is running" in out
+    assert json_fetches(fake_pypi) == [] and not (tmp_path / "repo" / "simple" / "six").exists()
+    assert sync(config)[0] == 0  # released
 
 
 # -- the deletion cap and the dry run ------------------------------------------------------

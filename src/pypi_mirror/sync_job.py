@@ -8,11 +8,13 @@ part succeeded; otherwise the summary names what failed.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 
 from pypi_mirror.config import Config
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+# Overlapping runs (a slow sync and the next timer tick) would fetch and delete the same
+# projects twice; the second one leaves at once.
+INDEX_LOCK = ".index.lock"
 
 
 class StopFlag(threading.Event):
@@ -66,6 +71,19 @@ def stop_on_signals(stop: StopFlag) -> Iterator[None]:
             signal.signal(sig, default)
 
 
+@contextmanager
+def exclusive(lock_path: Path) -> Iterator[bool]:
+    """Hold ``lock_path`` (flock) for the block; False when another process holds it. The
+    kernel releases it when the process ends, however it ends."""
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
 def run_sync(
     config: Config,
     *,
@@ -79,6 +97,14 @@ def run_sync(
         return _dry_run(config, tuning)
     repo = Repo(config)
     repo.create_folders()
+    with exclusive(config.repo_path / INDEX_LOCK) as allowed:
+        if not allowed:
+            print("sync: another sync is running on this repository; nothing done", flush=True)
+            return EXIT_FAILED
+        return _run(config, repo, tuning, progress_bar)
+
+
+def _run(config: Config, repo: Repo, tuning: SyncTuning, progress_bar: bool | None) -> int:
     db = Database.open(config.repo_path)
     stop = StopFlag()
     try:

@@ -17,6 +17,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import resource
 import signal
 import threading
 import time
@@ -392,6 +393,7 @@ async def sync_index(
             result.aborted = deletion_cap_message(len(plan.removed), config.sync.max_deletions)
             result.seconds = time.monotonic() - clock
             return result
+        cpu_before = _cpu_seconds()
         local = _Local.start(config, repo, db, tuning, plan.to_fetch)
         try:
             total = len(plan.removed) + plan.to_fetch
@@ -410,6 +412,14 @@ async def sync_index(
                     await run.run(concurrency, stop, progress, tuning)
         finally:
             local.close()
+        cpu = _cpu_seconds() - cpu_before
+        done = progress.done
+        log.info(
+            "projects: %s of CPU for %d (%s per CPU-second)",
+            format_duration(cpu),
+            done,
+            f"{done / cpu:,.0f}" if cpu > 0 else "-",
+        )
     result.interrupted = stop.is_set()
     if not result.interrupted:
         root_clock = time.monotonic()
@@ -420,6 +430,13 @@ async def sync_index(
         log.info("root index written in %s", format_duration(result.root_seconds))
     result.seconds = time.monotonic() - clock
     return result
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (the pool's workers, once closed)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 # Per-process state of the pool's workers (set by _worker_init).

@@ -1,0 +1,1 @@
+"""Helpers of benchmarks/sync: document corpus, synthetic upstream, database seeding."""
