@@ -7,6 +7,7 @@ subprocess; the rest call `run_sync` in-process with short retry delays.
 from __future__ import annotations
 
 import gzip
+import os
 import signal
 import sqlite3
 import subprocess
@@ -98,6 +99,10 @@ def json_fetches(fake: FakePyPI) -> list[str]:
     return [r.path.split("/")[2] for r in fake.requests_matching("/json", "GET")]
 
 
+def temp_files(repo: Path) -> list[Path]:
+    return [p for p in repo.rglob(f"{TEMP_PREFIX}*") if p.is_file()]
+
+
 def populate(fake: FakePyPI) -> None:
     fake.add_wheel("Foo_Bar", "1.0", requires_python=">=3.8")
     fake.add_sdist("Foo_Bar", "1.0")
@@ -168,7 +173,7 @@ def test_first_sync_with_the_cli(tmp_path: Path, fake_pypi: FakePyPI) -> None:
         plain = (repo / "simple" / page).read_bytes()
         assert gzip.decompress((repo / "simple" / f"{page}.gz").read_bytes()) == plain
     assert Database.open(repo).get_setting("global_serial") == str(fake_pypi.serial)
-    assert not [p for p in repo.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+    assert temp_files(repo) == []
 
 
 def test_second_sync_fetches_only_changed_projects(tmp_path: Path, fake_pypi: FakePyPI) -> None:
@@ -496,7 +501,7 @@ def test_sigterm_stops_at_a_project_boundary(tmp_path: Path, fake_pypi: FakePyPI
     assert "interrupted" in out
     assert len(serials(repo)) < 30
     # Stopped cleanly: no temporary file left anywhere, every page whole.
-    assert not [p for p in repo.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+    assert temp_files(repo) == []
     assert_complete(repo)
 
 
@@ -592,9 +597,20 @@ def test_root_index_written_in_slices_equals_one_rendering(
     for name, serial in projects:
         db.set_serial(name, serial)
     monkeypatch.setattr(sync_module, "ROOT_CHUNK", 5)
+    # What killed runs left behind: an old half-written page goes, a young one (perhaps a
+    # live writer's) stays.
+    repo.root_staging_dir.mkdir(parents=True)
+    old_leftover = repo.root_staging_dir / f"{TEMP_PREFIX}dead-index.html"
+    old_leftover.write_bytes(b"<html>half")
+    os.utime(old_leftover, (time.time() - 3600, time.time() - 3600))
+    young = repo.root_staging_dir / f"{TEMP_PREFIX}live-index.html"
+    young.write_bytes(b"<html>being written")
     write_root_index(repo, db, 4242)
+    assert not old_leftover.exists() and young.exists()
+    young.unlink()
     assert repo.root_html.read_bytes() == render_root_html(n for n, _ in projects)
     assert repo.root_json.read_bytes() == render_root_json(projects, 4242)
+    assert list(repo.root_staging_dir.iterdir()) == []
     assert gzip.decompress(repo.root_html_gz.read_bytes()) == repo.root_html.read_bytes()
     assert gzip.decompress(repo.root_json_gz.read_bytes()) == repo.root_json.read_bytes()
     # An empty index is still a valid page.

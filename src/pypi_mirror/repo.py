@@ -146,6 +146,12 @@ class Repo:
     def root_json_gz(self) -> Path:
         return self.simple_dir / "index.v1.json.gz"
 
+    @property
+    def root_staging_dir(self) -> Path:
+        """Where the root pages are written before their rename into ``simple/``: a small
+        folder, so leftovers of a killed run are found without listing every project."""
+        return self.simple_dir / f"{TEMP_PREFIX}root"
+
     def project_dir(self, name: str) -> Path:
         if not is_normalized(name):
             raise ValueError(f"not a normalised project name: {name!r}")

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 GLOBAL_SERIAL_KEY = "global_serial"
 ROOT_CHUNK = 50_000  # projects per rendered slice of the root index
 GZIP_LEVEL = 6
+STAGING_LEFTOVER_AGE = 600.0  # seconds: older temporary root pages belong to no live writer
 
 
 @dataclass(frozen=True)
@@ -634,11 +635,13 @@ class _StreamedFile:
     into place by ``commit`` (never half-visible). Compression runs in a helper thread: zlib
     releases the GIL, so it overlaps with rendering."""
 
-    def __init__(self, target: Path, gz_target: Path, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, target: Path, gz_target: Path, staging: Path, executor: ThreadPoolExecutor
+    ) -> None:
         self.target = target
         self.gz_target = gz_target
-        self.temp = temp_path_for(target)
-        self.gz_temp = temp_path_for(gz_target)
+        self.temp = temp_path_for(staging / target.name)
+        self.gz_temp = temp_path_for(staging / gz_target.name)
         self.handle = open(self.temp, "wb")  # noqa: SIM115 - closed in commit/abort
         self.gz_handle = open(self.gz_temp, "wb")  # noqa: SIM115
         # mtime=0: the same index compresses to the same bytes.
@@ -685,10 +688,12 @@ def write_root_index(repo: Repo, db: Database, global_serial: int) -> None:
     table, rendered by the one renderer a slice of projects at a time (bounded memory)."""
     html_head, html_tail = _framing(render_root_html([]), b"<body>\n")
     json_head, json_tail = _framing(render_root_json([], global_serial), b'"projects":[')
-    repo.simple_dir.mkdir(parents=True, exist_ok=True)
+    staging = repo.root_staging_dir
+    staging.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(staging)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="root-gzip") as executor:
-        html = _StreamedFile(repo.root_html, repo.root_html_gz, executor)
-        json = _StreamedFile(repo.root_json, repo.root_json_gz, executor)
+        html = _StreamedFile(repo.root_html, repo.root_html_gz, staging, executor)
+        json = _StreamedFile(repo.root_json, repo.root_json_gz, staging, executor)
         try:
             html.write(html_head)
             json.write(json_head)
@@ -706,6 +711,18 @@ def write_root_index(repo: Repo, db: Database, global_serial: int) -> None:
             html.abort()
             json.abort()
             raise
+
+
+def _clear_leftovers(staging: Path) -> None:
+    """Remove what a killed run left half-written (up to 100 MB at PyPI's size). A file that
+    is still young may belong to a writer running right now (`serve` at start-up)."""
+    cutoff = time.time() - STAGING_LEFTOVER_AGE
+    for entry in os.scandir(staging):
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
 
 
 def _entries(page: bytes, head: bytes, tail: bytes) -> bytes:
