@@ -282,3 +282,94 @@ class Database:
                 "checked_at = excluded.checked_at",
                 ((ids[p], size, now) for p, size in sizes),
             )
+
+    # -- cache management ------------------------------------------------------------------
+    # Long deletions run in slices, each its own short transaction, so the server's vote
+    # writer never waits long for the lock while `sync` cleans up.
+
+    CLEANUP_SLICE = 100_000
+    # Page cache while cleaning up: deleting old votes touches pages of votes_by_file all
+    # over the index; with SQLite's default 2 MB every slice would write them many times.
+    CLEANUP_CACHE_KIB = 256 * 1024
+
+    def local_files_map(self) -> dict[str, tuple[int, int]]:
+        """Every row of local_sizes: path -> (size, tier)."""
+        return {
+            path: (size, tier)
+            for path, size, tier in self.conn.execute(
+                "SELECT f.path, l.size, l.tier FROM local_sizes l JOIN files f ON f.id = l.file_id"
+            )
+        }
+
+    def vote_totals(self, since: float) -> Iterator[tuple[str, int, int, int | None, float | None]]:
+        """Every file voted for since ``since``: (path, votes, distinct prefixes, remote size,
+        remote size checked_at). One pass over the covering index ``votes_by_file``."""
+        yield from self.conn.execute(
+            "SELECT f.path, v.votes, v.prefixes, r.size, r.checked_at FROM ("
+            "  SELECT file_id, COUNT(*) AS votes, COUNT(DISTINCT prefix) AS prefixes"
+            "  FROM votes WHERE time >= ? GROUP BY file_id"
+            ") v JOIN files f ON f.id = v.file_id "
+            "LEFT JOIN remote_sizes r ON r.file_id = v.file_id",
+            (since,),
+        )
+
+    def count_votes_before(self, cutoff: float) -> int:
+        row = self.conn.execute("SELECT COUNT(*) FROM votes WHERE time < ?", (cutoff,))
+        return int(row.fetchone()[0])
+
+    def delete_votes_before(self, cutoff: float) -> int:
+        return self._delete_in_slices(
+            "DELETE FROM votes WHERE rowid IN (SELECT rowid FROM votes WHERE time < ? LIMIT ?)",
+            cutoff,
+        )
+
+    def count_remote_sizes_before(self, cutoff: float) -> int:
+        row = self.conn.execute("SELECT COUNT(*) FROM remote_sizes WHERE checked_at < ?", (cutoff,))
+        return int(row.fetchone()[0])
+
+    def delete_remote_sizes_before(self, cutoff: float) -> int:
+        return self._delete_in_slices(
+            "DELETE FROM remote_sizes WHERE file_id IN "
+            "(SELECT file_id FROM remote_sizes WHERE checked_at < ? LIMIT ?)",
+            cutoff,
+        )
+
+    def delete_unreferenced_files(self) -> int:
+        """Drop interned paths that no vote, local size or remote size refers to any more."""
+        deleted = 0
+        last = 0
+        while True:
+            with self.transaction() as conn:
+                row = conn.execute(
+                    "SELECT MAX(id) FROM (SELECT id FROM files WHERE id > ? ORDER BY id LIMIT ?)",
+                    (last, self.CLEANUP_SLICE),
+                ).fetchone()
+                if row[0] is None:
+                    return deleted
+                deleted += conn.execute(
+                    "DELETE FROM files WHERE id > ? AND id <= ? "
+                    "AND NOT EXISTS (SELECT 1 FROM votes WHERE file_id = files.id) "
+                    "AND NOT EXISTS (SELECT 1 FROM local_sizes WHERE file_id = files.id) "
+                    "AND NOT EXISTS (SELECT 1 FROM remote_sizes WHERE file_id = files.id)",
+                    (last, row[0]),
+                ).rowcount
+                last = row[0]
+
+    def _delete_in_slices(self, statement: str, cutoff: float) -> int:
+        deleted = 0
+        with self._large_cache():
+            while True:
+                with self.transaction() as conn:
+                    count = conn.execute(statement, (cutoff, self.CLEANUP_SLICE)).rowcount
+                deleted += count
+                if count < self.CLEANUP_SLICE:
+                    return deleted
+
+    @contextmanager
+    def _large_cache(self) -> Iterator[None]:
+        previous = self.conn.execute("PRAGMA cache_size").fetchone()[0]
+        self.conn.execute(f"PRAGMA cache_size = -{self.CLEANUP_CACHE_KIB}")
+        try:
+            yield
+        finally:
+            self.conn.execute(f"PRAGMA cache_size = {int(previous)}")

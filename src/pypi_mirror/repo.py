@@ -225,3 +225,24 @@ class Repo:
             for name in names:
                 full = os.path.join(folder, name)
                 yield full[base_len:], Path(full)
+
+    def scan_tier(self, tier: int) -> Iterator[str]:
+        """The relative path of every regular file in a tier, temporary files included.
+
+        Never stats a file: os.scandir's entry type (d_type) tells files from folders, so a
+        walk over hundreds of thousands of files costs one directory read per folder.
+        """
+        pending = [(f"{self.tiers[tier].path}{os.sep}", "")]
+        while pending:
+            folder, relative = pending.pop()
+            try:
+                entries = os.scandir(folder)
+            except FileNotFoundError:
+                continue  # removed while we walked
+            with entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        name = entry.name
+                        pending.append((f"{folder}{name}/", f"{relative}{name}/"))
+                    elif entry.is_file(follow_symlinks=False):
+                        yield relative + entry.name
