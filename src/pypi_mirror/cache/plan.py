@@ -117,13 +117,20 @@ class Plan:
         return counts
 
 
-def make_plan(candidates: Sequence[Entry], others: Sequence[Entry], limits: Sequence[int]) -> Plan:
+def make_plan(
+    candidates: Sequence[Entry],
+    others: Sequence[Entry],
+    limits: Sequence[int],
+    *,
+    presorted: bool = False,
+) -> Plan:
     """Assign ``candidates`` to tiers and order the steps that get there.
 
     ``others`` are local files that are not candidates (too few votes, too large): they are
-    deleted. Every local file must appear once, in one of the two lists.
+    deleted. Every local file must appear once, in one of the two lists. ``presorted``:
+    the candidates are already in ``rank`` order.
     """
-    ranked = rank(candidates)
+    ranked = list(candidates) if presorted else rank(candidates)
     targets = assign(ranked, limits)
     tiers = [TierChange(limit=limit) for limit in limits]
     usage = [0] * len(limits)
