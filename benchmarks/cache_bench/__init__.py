@@ -1,0 +1,1 @@
+"""Helpers of ``benchmarks/cache``: the seeded world and the measuring run."""
