@@ -202,7 +202,8 @@ class _Fetcher:
     def _backoff(self, attempt: int) -> float:
         return min(self.tuning.backoff * 2**attempt, self.tuning.max_backoff)
 
-    async def fetch(self, name: str, listed: int) -> _Answer:
+    async def fetch(self, name: str, listed: int, *, held: bool) -> _Answer:
+        """``held``: we have the project, so a 404 (which removes it) is asked again first."""
         url = self.urls.project_json(name)
         errors = 0
         rechecks = 0
@@ -219,8 +220,10 @@ class _Fetcher:
                 await asyncio.sleep(self._backoff(errors))
                 errors += 1
                 continue
-            if answer.status in ("stale", "missing") and rechecks < self.tuning.stale_retries:
-                # A CDN may lag behind the listing (stale body, or 404 for a new project).
+            recheck = answer.status == "stale" or (answer.status == "missing" and held)
+            if recheck and rechecks < self.tuning.stale_retries:
+                # A CDN may lag behind the listing: a stale body, or a passing 404 that would
+                # make us delete a project. (A new project's 404 is simply tried next run.)
                 await asyncio.sleep(self.tuning.stale_delay * 2**rechecks)
                 rechecks += 1
                 continue
@@ -549,7 +552,7 @@ class _FetchRun:
                 return
             self.fetching.add(me)
             try:
-                answer = await self.fetcher.fetch(name, listed)
+                answer = await self.fetcher.fetch(name, listed, held=name not in self.new)
             finally:
                 self.fetching.discard(me)
             # Applying is never cancelled: a project is stored whole, then the stop is seen.
