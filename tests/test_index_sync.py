@@ -255,6 +255,32 @@ def test_removed_project_loses_pages_json_serial_and_cached_files(
     assert b"foo-bar" not in (repo / "simple" / "index.html").read_bytes()
 
 
+@pytest.mark.parametrize(
+    ("source", "fetched_ago", "kept"),
+    [
+        ("xmlrpc", -60.0, True),  # fetched on demand after the listing was taken
+        ("xmlrpc", 60.0, False),
+        ("simple-json", 600.0, True),  # that listing may lag: recent projects are kept
+        ("simple-json", 7200.0, False),
+    ],
+)
+def test_unlisted_project_fetched_since_the_listing_is_kept(
+    tmp_path: Path, fake_pypi: FakePyPI, source: str, fetched_ago: float, kept: bool
+) -> None:
+    populate(fake_pypi)
+    config = make_config(tmp_path / "repo", fake_pypi, upstream={"serials_source": source})
+    assert sync(config)[0] == 0
+    db = Database.open(tmp_path / "repo")
+    db.set_serial(
+        "six", fake_pypi.project_serial("six"), on_demand=True, now=time.time() - fetched_ago
+    )
+    db.close()
+    fake_pypi.remove_project("six")
+    assert sync(config)[0] == 0
+    assert ("six" in serials(tmp_path / "repo")) is kept
+    assert (tmp_path / "repo" / "simple" / "six" / "index.html").exists() is kept
+
+
 @pytest.mark.parametrize("tuning", [FAST, POOLED], ids=["in-process", "pooled"])
 def test_file_deleted_upstream_loses_its_cached_copy(
     tmp_path: Path, fake_pypi: FakePyPI, capsys: pytest.CaptureFixture[str], tuning: SyncTuning

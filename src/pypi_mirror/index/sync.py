@@ -50,6 +50,7 @@ GLOBAL_SERIAL_KEY = "global_serial"
 ROOT_CHUNK = 50_000  # projects per rendered slice of the root index
 GZIP_LEVEL = 6
 STAGING_LEFTOVER_AGE = 600.0  # seconds: older temporary root pages belong to no live writer
+SIMPLE_JSON_LAG = 3600.0  # seconds the PEP 691 root index may be behind the upstream
 
 
 @dataclass(frozen=True)
@@ -126,14 +127,11 @@ class IndexSyncResult:
 # -- plan ----------------------------------------------------------------------------------
 
 
-def make_plan(
-    upstream: UpstreamSerials, stored: Iterable[tuple[str, int]], *, consume: bool = True
-) -> Plan:
+def make_plan(upstream: UpstreamSerials, stored: Iterable[tuple[str, int]]) -> Plan:
     """Compare the listing with what we hold, one pass over the stored serials.
 
-    With ``consume`` the listing's dict is reused for the plan (a million entries: no copy).
-    """
-    pending = upstream.projects if consume else dict(upstream.projects)
+    The listing's dict becomes the plan's ``new`` (a million entries: no copy)."""
+    pending = upstream.projects
     listed = len(pending)
     changed: dict[str, int] = {}
     removed: list[str] = []
@@ -371,7 +369,12 @@ async def sync_index(
     stop = stop or threading.Event()
     result = IndexSyncResult()
     clock = time.monotonic()
+    # A project fetched (on demand, or by us) after this moment is not removed for being
+    # absent from the listing. The PEP 691 root index may lag by half an hour (CDN), so with
+    # it the moment moves back by an hour.
     listed_at = time.time()
+    if config.upstream.serials_source == "simple-json":
+        listed_at -= SIMPLE_JSON_LAG
     concurrency = config.sync.concurrent_downloads
     async with make_session(config, limit=concurrency) as session:
         try:
