@@ -14,6 +14,7 @@ import sqlite3
 import stat
 import tempfile
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -751,3 +752,32 @@ def test_summary_lines() -> None:
     text = result.summary()
     assert "hit rate 85.0%" in text
     assert "phases A 1.0s, B 2.5s" in text
+
+
+# -- through `pypi-mirror sync` --------------------------------------------------------------
+
+
+def test_sync_runs_cache_management_after_the_index(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pypi_mirror.sync_job import run_sync
+
+    wanted = world.publish("wanted", size=300)
+    ignored = world.publish("ignored", size=300)
+    world.limits = [10**6, 10**6]
+    world.vote(wanted.path, 3, when=time.time() - 60)  # `sync` runs on the real clock
+    world.vote(ignored.path, 1, when=time.time() - 60)
+    config = world.config
+
+    assert run_sync(config, dry_run=True, progress_bar=False) == 0
+    planned = capsys.readouterr().out
+    assert "cache plan: 1 candidate files" in planned
+    assert world.files_on_disk() == {}
+
+    assert run_sync(config, progress_bar=False) == 0
+    summary = capsys.readouterr().out
+    assert "downloaded 1 files" in summary
+    assert "hit rate 75.0%" in summary
+    assert world.where(wanted.path) == 0  # its size and hash came from the synced index
+    assert world.where(ignored.path) is None
+    assert world.fake.requests_matching(wanted.filename, "HEAD") == []

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from pypi_mirror.cache.manager import CacheResult, run_cache_management
+from pypi_mirror.cache.manager import format_plan as format_cache_plan
 from pypi_mirror.config import Config
 from pypi_mirror.db import DB_FILENAME, Database
 from pypi_mirror.index.sync import (
@@ -113,9 +115,10 @@ def _run(config: Config, repo: Repo, tuning: SyncTuning, progress_bar: bool | No
             print(index.summary(), flush=True)
             failures = _failures(index)
             # -- (2) cache management ------------------------------------------------------
-            # The single call site of `pypi_mirror.cache.manager.run_cache_management` goes
-            # here: run it unless the index sync was aborted or a stop was requested, print
-            # its summary, and append its failures to `failures`.
+            if not index.aborted and not stop.is_set():
+                cache = _run_cache(config, repo, db, stop, progress_bar)
+                print(cache.summary(), flush=True)
+                failures.extend(_cache_failures(cache))
     finally:
         db.close()
     if stop.signum is not None:
@@ -145,6 +148,29 @@ def _run_index(
         return IndexSyncResult(aborted=f"{type(error).__name__}: {error}")
 
 
+def _run_cache(
+    config: Config, repo: Repo, db: Database, stop: threading.Event, progress_bar: bool | None
+) -> CacheResult:
+    try:
+        return asyncio.run(
+            run_cache_management(
+                config, db, repo, dry_run=False, stop=stop, progress_bar=progress_bar
+            )
+        )
+    except Exception as error:
+        # A local store failed (disk, database): the next run's inventory picks up from disk.
+        log.exception("cache management failed")
+        return CacheResult(failures=[f"aborted ({type(error).__name__}: {error})"])
+
+
+def _cache_failures(cache: CacheResult) -> list[str]:
+    if not cache.failures:
+        return []
+    shown = "; ".join(cache.failures[:5])
+    more = f" and {len(cache.failures) - 5} more" if len(cache.failures) > 5 else ""
+    return [f"cache management: {shown}{more}"]
+
+
 def _failures(index: IndexSyncResult) -> list[str]:
     failures = []
     if index.aborted:
@@ -170,4 +196,19 @@ def _dry_run(config: Config, tuning: SyncTuning) -> int:
             db.close()
     print("dry run, nothing changed:", flush=True)
     print(format_plan(plan, config.sync.max_deletions), flush=True)
+    print("\n".join(_cache_plan(config, db_path)), flush=True)
     return EXIT_FAILED if len(plan.removed) > config.sync.max_deletions else EXIT_OK
+
+
+def _cache_plan(config: Config, db_path: Path) -> list[str]:
+    """What cache management would do now (from the votes and the tiers as they are)."""
+    if not db_path.exists():
+        return ["cache plan: no database yet (no votes): nothing to do"]
+    db = Database(db_path)
+    try:
+        result = asyncio.run(
+            run_cache_management(config, db, Repo(config), dry_run=True, stop=StopFlag())
+        )
+    finally:
+        db.close()
+    return format_cache_plan(result)

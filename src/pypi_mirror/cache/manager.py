@@ -488,31 +488,47 @@ async def _head_sizes(
 
     async def one(path: str) -> None:
         async with semaphore:
-            for attempt in range(retries + 1):
-                if stop.is_set():
-                    return
-                result.head_requests += 1
-                try:
-                    async with session.head(urls.file(path), allow_redirects=True) as response:
-                        if response.status in downloader.GONE_STATUSES:
-                            sizes[path] = None
-                            return
-                        if response.status == 200 and response.content_length is not None:
-                            sizes[path] = response.content_length
-                            return
-                        reason = f"HTTP {response.status}"
-                except (aiohttp.ClientError, TimeoutError) as error:
-                    reason = str(error) or type(error).__name__
-                if attempt < retries:
-                    await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
-            log.warning("HEAD %s: %s; size unknown this run", path, reason)
-        progress.advance()
+            try:
+                known, size = await _head_size(session, urls.file(path), retries, result, stop)
+            finally:
+                progress.advance()
+        if known:
+            sizes[path] = size
 
     with Progress(
         "cache sizes (HEAD)", total=len(paths), unit="files", bar=progress_bar
     ) as progress:
         await asyncio.gather(*(one(path) for path in paths))
     return sizes
+
+
+async def _head_size(
+    session: aiohttp.ClientSession,
+    url: str,
+    retries: int,
+    result: CacheResult,
+    stop: StopSignal,
+) -> tuple[bool, int | None]:
+    """(known, Content-Length of ``url``): size None when it is gone (404); not known when
+    the upstream could not say (errors after the retries, or a stop)."""
+    reason = "stopped"
+    for attempt in range(retries + 1):
+        if stop.is_set():
+            return False, None
+        result.head_requests += 1
+        try:
+            async with session.head(url, allow_redirects=True) as response:
+                if response.status in downloader.GONE_STATUSES:
+                    return True, None
+                if response.status == 200 and response.content_length is not None:
+                    return True, response.content_length
+                reason = f"HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError) as error:
+            reason = str(error) or type(error).__name__
+        if attempt < retries:
+            await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
+    log.warning("HEAD %s: %s; size unknown this run", url, reason)
+    return False, None
 
 
 # -- phase D: execution ----------------------------------------------------------------------
@@ -723,6 +739,8 @@ async def execute_plan(
 ) -> _Executor:
     executor = _Executor(config, repo, db, inventory, result, stop, now)
     downloads = [step for step in plan.steps if step.action is Action.DOWNLOAD]
+    if not plan.steps:
+        return executor
     with Progress("cache", total=len(plan.steps), unit="files", bar=progress_bar) as progress:
         try:
             for step in plan.steps:
