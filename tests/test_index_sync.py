@@ -735,3 +735,11 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
         progress.advance(5)
     text = out.read_text()
     assert "index sync" in text and "5/5" in text
+
+
+def test_progress_without_a_total_counts_only() -> None:
+    progress = Progress("listing the upstream", 0, unit="projects", bar=False)
+    progress.advance(120_000)
+    line = progress.line()
+    assert line.startswith("listing the upstream: 120,000 projects, ")
+    assert "ETA" not in line and "%" not in line

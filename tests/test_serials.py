@@ -167,3 +167,13 @@ async def test_unreachable_upstream_is_an_upstream_error(tmp_path: Path) -> None
     async with make_session(config) as session:
         with pytest.raises(UpstreamError, match="cannot list projects"):
             await fetch_serials(session, UpstreamUrls(config), "xmlrpc")
+
+
+def test_a_long_listing_reports_its_progress() -> None:
+    count = 40_000
+    doc = {"projects": [{"name": f"p{i}", "_last-serial": i} for i in range(count)]}
+    told: list[int] = []
+    serials = parse_serials_json(orjson.dumps(doc), told.append)
+    assert told == [16_384, 16_384]  # every 16,384 entries; the rest is in `entries`
+    assert serials.entries == count
+    assert len(serials.projects) == count

@@ -139,7 +139,7 @@ class Progress:
     def set_total(self, total: int) -> None:
         self.total = total
         if self._rich is not None:
-            self._rich.update(self._task, total=total)
+            self._rich.update(self._task, total=total or None)
 
     @property
     def elapsed(self) -> float:
@@ -151,10 +151,14 @@ class Progress:
         return self.done / elapsed if elapsed > 0 else 0.0
 
     def line(self, *, final: bool = False) -> str:
-        """``index sync: 1,200/50,000 projects (2.4%), 410/s, ETA 1m59s``."""
+        """``index sync: 1,200/50,000 projects (2.4%), 410/s, ETA 1m59s``; with no known
+        total (0) just ``listing: 120,000 projects, 41,000/s``."""
         done, total, rate = self.done, self.total, self.rate
-        percent = f" ({done / total:.1%})" if total else ""
-        text = f"{self.description}: {done:,}/{total:,} {self.unit}{percent}, {rate:,.0f}/s"
+        if total > 0:
+            count = f"{done:,}/{total:,} {self.unit} ({done / total:.1%})"
+        else:
+            count = f"{done:,} {self.unit}"
+        text = f"{self.description}: {count}, {rate:,.0f}/s"
         if final:
             return f"{text}, {format_duration(self.elapsed)}"
         if rate > 0 and total > done:
@@ -182,7 +186,8 @@ class Progress:
             redirect_stderr=True,
             redirect_stdout=True,
         )
-        self._task = self._rich.add_task(self.description, total=self.total)
+        # No total: rich shows a pulsing bar.
+        self._task = self._rich.add_task(self.description, total=self.total or None)
         self._rich.start()
         # Log records written to the real stderr would tear the bar; send them through
         # rich's proxy (which prints them above the bar) while it is shown.

@@ -43,16 +43,27 @@ class UpstreamSerials:
     projects: dict[str, int]
     global_serial: int
     invalid_names: int = 0  # listed names that are not project names (ignored)
+    entries: int = 0  # entries read, before folding names together
+
+
+Counter = Callable[[int], None]
+_COUNT_EVERY = 1 << 14
 
 
 class _Collector:
-    """Folds (display name, serial) pairs into a normalised dict."""
+    """Folds (display name, serial) pairs into a normalised dict; tells ``counter`` how many
+    entries were read, every few thousand (progress on a listing that takes a while)."""
 
-    def __init__(self) -> None:
+    def __init__(self, counter: Counter | None = None) -> None:
         self.projects: dict[str, int] = {}
         self.invalid = 0
+        self.seen = 0
+        self.counter = counter
 
     def add(self, display: Any, serial: Any) -> None:
+        self.seen += 1
+        if self.counter is not None and self.seen % _COUNT_EVERY == 0:
+            self.counter(_COUNT_EVERY)
         if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
             raise UpstreamError(f"serial of {display!r} is not a serial: {serial!r}")
         if not isinstance(display, str) or not is_valid_project_name(display):
@@ -138,7 +149,7 @@ def parse_serials_xml(chunks: list[bytes] | bytes) -> tuple[dict[str, int], int]
 
 
 async def serials_from_xmlrpc(
-    session: aiohttp.ClientSession, urls: UpstreamUrls
+    session: aiohttp.ClientSession, urls: UpstreamUrls, counter: Counter | None = None
 ) -> UpstreamSerials:
     # The global serial first: anything that changes while the list downloads carries a
     # higher serial and is picked up by the next run.
@@ -147,13 +158,13 @@ async def serials_from_xmlrpc(
     )
     if not isinstance(global_serial, int) or isinstance(global_serial, bool):
         raise UpstreamError(f"changelog_last_serial is not a serial: {global_serial!r}")
-    collector = _Collector()
+    collector = _Collector(counter)
     result = await _post_xmlrpc(
         session, urls.xmlrpc(), "list_packages_with_serial", _SerialsUnmarshaller(collector.add)
     )
     if len(result) != 1 or result[0] != {}:
         raise UpstreamError("list_packages_with_serial: the answer is not one struct")
-    return UpstreamSerials(collector.projects, global_serial, collector.invalid)
+    return UpstreamSerials(collector.projects, global_serial, collector.invalid, collector.seen)
 
 
 # -- PEP 691 JSON root index ---------------------------------------------------------------
@@ -172,10 +183,10 @@ def _as_serial(value: Any) -> int | None:
     return None
 
 
-def parse_serials_json(body: bytes) -> UpstreamSerials:
+def parse_serials_json(body: bytes, counter: Counter | None = None) -> UpstreamSerials:
     """Walk a PEP 691 root index one entry at a time (memory: the result, not a parsed tree)."""
     try:
-        return _walk_root_json(body.decode("utf-8"))
+        return _walk_root_json(body.decode("utf-8"), counter)
     except UnicodeDecodeError as error:
         raise UpstreamError(f"root index is not UTF-8: {error}") from None
     except ValueError as error:  # json.JSONDecodeError
@@ -223,9 +234,9 @@ class _Text:
             return
 
 
-def _walk_root_json(text: str) -> UpstreamSerials:
+def _walk_root_json(text: str, counter: Counter | None) -> UpstreamSerials:
     cursor = _Text(text)
-    collector = _Collector()
+    collector = _Collector(counter)
     meta: Any = None
     seen_projects = False
     cursor.expect("{")
@@ -258,11 +269,11 @@ def _walk_root_json(text: str) -> UpstreamSerials:
     if global_serial is None:
         # No meta serial: the highest project serial is the best lower bound we have.
         global_serial = max(collector.projects.values(), default=0)
-    return UpstreamSerials(collector.projects, global_serial, collector.invalid)
+    return UpstreamSerials(collector.projects, global_serial, collector.invalid, collector.seen)
 
 
 async def serials_from_simple_json(
-    session: aiohttp.ClientSession, urls: UpstreamUrls
+    session: aiohttp.ClientSession, urls: UpstreamUrls, counter: Counter | None = None
 ) -> UpstreamSerials:
     async with session.get(urls.simple_root(), headers={"Accept": SIMPLE_JSON}) as response:
         if response.status != 200:
@@ -272,20 +283,24 @@ async def serials_from_simple_json(
             raise UpstreamError(f"root index: expected {SIMPLE_JSON}, got {content_type!r}")
         header_serial = _as_serial(response.headers.get("X-PyPI-Last-Serial"))
         body = await response.read()
-    serials = parse_serials_json(body)
+    serials = parse_serials_json(body, counter)
     if header_serial is not None:
         serials.global_serial = max(serials.global_serial, header_serial)
     return serials
 
 
 async def fetch_serials(
-    session: aiohttp.ClientSession, urls: UpstreamUrls, source: str
+    session: aiohttp.ClientSession,
+    urls: UpstreamUrls,
+    source: str,
+    counter: Counter | None = None,
 ) -> UpstreamSerials:
-    """Every listed project's serial from ``source`` ("xmlrpc" or "simple-json")."""
+    """Every listed project's serial from ``source`` ("xmlrpc" or "simple-json");
+    ``counter`` is told, now and then, how many more entries were read."""
     try:
         if source == "simple-json":
-            return await serials_from_simple_json(session, urls)
-        return await serials_from_xmlrpc(session, urls)
+            return await serials_from_simple_json(session, urls, counter)
+        return await serials_from_xmlrpc(session, urls, counter)
     except (aiohttp.ClientError, TimeoutError) as error:
         raise UpstreamError(f"cannot list projects ({source}): {error!r}") from None
     except (ExpatError, DefusedXmlException, xmlrpc.client.ResponseError) as error:

@@ -250,7 +250,7 @@ class _Fetcher:
 class Outcome:
     """What applying one fetched project did (crosses process boundaries: plain data)."""
 
-    kind: str  # "new" | "updated" | "skipped" | "failed"
+    kind: str  # "new" | "updated" | "removed" | "skipped" | "failed"
     reason: str = ""
     files_deleted: int = 0
     serial: int = 0
@@ -332,14 +332,21 @@ def remove_project(repo: Repo, db: Database, name: str, listed_at: float) -> tup
 
 
 async def list_upstream(
-    config: Config, session: aiohttp.ClientSession, tuning: SyncTuning
+    config: Config,
+    session: aiohttp.ClientSession,
+    tuning: SyncTuning,
+    progress_bar: bool | None = None,
 ) -> UpstreamSerials:
-    """The listing, with ``sync.retry`` retries."""
+    """The listing, with ``sync.retry`` retries (and progress: at PyPI's size it takes a
+    while)."""
     source = config.upstream.serials_source
     attempt = 0
     while True:
         try:
-            return await fetch_serials(session, UpstreamUrls(config), source)
+            with Progress("listing the upstream", 0, unit="projects", bar=progress_bar) as seen:
+                listing = await fetch_serials(session, UpstreamUrls(config), source, seen.advance)
+                seen.advance(listing.entries - seen.done)
+                return listing
         except UpstreamError as error:
             if attempt >= config.sync.retry:
                 raise
@@ -378,7 +385,7 @@ async def sync_index(
     concurrency = config.sync.concurrent_downloads
     async with make_session(config, limit=concurrency) as session:
         try:
-            upstream = await list_upstream(config, session, tuning)
+            upstream = await list_upstream(config, session, tuning, progress_bar)
         except UpstreamError as error:
             result.aborted = f"cannot list the upstream's projects: {error}"
             result.seconds = time.monotonic() - clock
