@@ -29,3 +29,9 @@ def project_index(name: str) -> int | None:
 def is_fetched(i: int, every: int) -> bool:
     """Projects the mirror does not hold yet: one in ``every``."""
     return i % every == every // 2
+
+
+def template_of(i: int, count: int) -> int:
+    """Which body template project i gets: a multiplicative hash, so any regular subset of
+    projects (every 20th, every 500th) still draws from all templates."""
+    return (i * 2654435761 % 2**32) * count >> 32

@@ -21,7 +21,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sync_bench.names import display_name, project_index, serial_of
+from sync_bench.names import display_name, project_index, serial_of, template_of
 
 _METHOD = re.compile(rb"<methodName>\s*([A-Za-z_]+)\s*</methodName>")
 
@@ -71,7 +71,7 @@ class Upstream:
             raise web.HTTPNotFound()
         if self.latency:
             await asyncio.sleep(self.latency)
-        head, middle, tail = self.templates[index % len(self.templates)]
+        head, middle, tail = self.templates[template_of(index, len(self.templates))]
         serial = serial_of(index)
         body = b"".join((head, display_name(index).encode(), middle, str(serial).encode(), tail))
         self.answers += 1
