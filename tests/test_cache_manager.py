@@ -220,6 +220,8 @@ async def test_popular_files_are_downloaded_into_the_right_tiers(
     assert world.where(lonely.path) is None
     for file in (alpha, beta, gamma):
         assert world.content(file.path) == file.content
+        (request,) = world.fake.requests_matching(file.filename, "GET")
+        assert request.headers["Accept-Encoding"] == "identity"  # the bytes as stored
     assert result.downloaded_files == 3
     assert result.downloaded_bytes == alpha.size + beta.size + gamma.size
     assert result.candidates == 4
@@ -420,6 +422,19 @@ async def test_metadata_files_are_cached_and_checked_against_their_own_hash(
     assert len(world.fake.requests_matching(meta, "HEAD")) == 1
     assert len(world.fake.requests_matching(bad_meta, "HEAD")) == 1
     world.assert_db_agrees_with_disk()
+
+
+async def test_metadata_without_an_advertised_hash_is_not_fetched(world: World) -> None:
+    file = world.fake.add_wheel("nometa", "1.0", metadata=False)
+    world.hold_index("nometa")
+    world.limits = [10**6, 10**6]
+    world.vote(f"{file.path}.metadata", 3)
+
+    result = await world.run()
+
+    assert world.fake.requests_matching("nometa", "HEAD") == []
+    assert world.fake.requests_matching("/files/", "GET") == []
+    assert (result.candidates, result.download_errors, result.failures) == (0, 0, [])
 
 
 async def test_sizes_come_from_the_index_without_asking_the_upstream(world: World) -> None:

@@ -152,7 +152,7 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Entry], list[Entry], list[int]]:
     return candidates, others, limits
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(scenarios())
 def test_every_tier_stays_within_its_limit(
     scenario: tuple[list[Entry], list[Entry], list[int]],
@@ -164,7 +164,7 @@ def test_every_tier_stays_within_its_limit(
         assert sum(e.size for e, t in zip(ranked, targets, strict=True) if t == tier) <= limit
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(scenarios())
 def test_no_file_is_kept_out_by_lower_scored_files(
     scenario: tuple[list[Entry], list[Entry], list[int]],
@@ -185,7 +185,7 @@ def test_no_file_is_kept_out_by_lower_scored_files(
             assert above + entry.size > limits[tier], (entry, tier)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(scenarios())
 def test_rank_is_by_score_then_size(
     scenario: tuple[list[Entry], list[Entry], list[int]],
@@ -197,7 +197,7 @@ def test_rank_is_by_score_then_size(
             assert first.size <= second.size
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(scenarios())
 def test_execution_order_never_overflows_and_reaches_the_plan(
     scenario: tuple[list[Entry], list[Entry], list[int]],

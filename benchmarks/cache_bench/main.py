@@ -98,6 +98,7 @@ def run_once(world: World, repo_path: Path) -> tuple[CacheResult, dict[str, int]
         }
     )
     gc.collect()
+    os.sync()  # the previous run's (or the copy's) writeback must not be billed to this one
     db = Database.open(repo_path)
     repo = Repo(config)
     with PhasePeaks() as peaks:

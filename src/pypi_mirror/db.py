@@ -304,7 +304,7 @@ class Database:
     def vote_totals(self, since: float) -> Iterator[tuple[str, int, int, int | None, float | None]]:
         """Every file voted for since ``since``: (path, votes, distinct prefixes, remote size,
         remote size checked_at). One pass over the covering index ``votes_by_file``."""
-        yield from self.conn.execute(
+        return self.conn.execute(
             "SELECT f.path, v.votes, v.prefixes, r.size, r.checked_at FROM ("
             "  SELECT file_id, COUNT(*) AS votes, COUNT(DISTINCT prefix) AS prefixes"
             "  FROM votes WHERE time >= ? GROUP BY file_id"

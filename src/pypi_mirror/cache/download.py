@@ -117,7 +117,8 @@ async def _attempt(
     stop: StopSignal | None,
 ) -> int | None:
     """One try: the placed size, or None when the upstream says the file is gone."""
-    async with session.get(url) as response:
+    # The stored bytes are what the hash covers: ask for them without any content coding.
+    async with session.get(url, headers={"Accept-Encoding": "identity"}) as response:
         if response.status in GONE_STATUSES:
             return None
         if response.status in RETRY_STATUSES:

@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 PHASES = ("A", "B", "C", "D", "E")
 HEAD_CONCURRENCY = 16
+# Sizes and hashes are those of the bytes as stored: no content coding on the way.
+IDENTITY = {"Accept-Encoding": "identity"}
 RETRY_BACKOFF = 0.5
 # Database writes of phases A and D are grouped: one short transaction per batch.
 DB_BATCH = 1000
@@ -294,7 +296,8 @@ def distribution_path(path: str) -> str:
 class Inventory:
     local: dict[str, tuple[int, int]]  # path -> (size, tier)
     stale: list[str]  # rows of local_sizes whose file is on no tier any more
-    usage: list[int]
+    usage: list[int]  # bytes per tier
+    counts: list[int]  # files per tier
 
 
 def take_inventory(
@@ -341,15 +344,17 @@ def take_inventory(
         if result.stopped:
             break
     usage = [0] * len(repo.tiers)
+    counts = [0] * len(repo.tiers)
     for size, tier_index in local.values():
         usage[tier_index] += size
+        counts[tier_index] += 1
     stale = [] if result.stopped else [path for path in known if path not in local]
     if not dry_run:
         for batch in _batches(new_rows, 10 * DB_BATCH):
             db.set_local_files(batch)
     if result.invalid_paths > INVALID_PATHS_LOGGED:
         log.warning("%d files in the tiers are not PyPI file paths", result.invalid_paths)
-    return Inventory(local, stale, usage)
+    return Inventory(local, stale, usage, counts)
 
 
 def _unlink(path: str) -> None:
@@ -450,7 +455,8 @@ async def _learn_sizes(
     """Sizes of voted files that are not local: the index first, HEAD for the rest.
 
     Returns path -> size, or None for a file the upstream says is gone (404); a file whose
-    size could not be learned (network trouble) is left out, to be asked again next run.
+    size could not be learned (network trouble) is left out, to be asked again next run, and
+    so is a ``.metadata`` file whose hash the index does not give (it could not be checked).
     """
     paths = [path for path, _votes in unknown]
     entries = lookup.find({distribution_path(path) for path in paths})
@@ -459,8 +465,9 @@ async def _learn_sizes(
     for path in paths:
         entry = entries.get(distribution_path(path))
         digest = digest_for(path, entry)
-        if digest is not None:
-            digests[path] = digest
+        if digest is None:
+            continue
+        digests[path] = digest
         if entry is not None and not path.endswith(METADATA_SUFFIX):
             learned[path] = entry.size
         else:
@@ -517,7 +524,7 @@ async def _head_size(
             return False, None
         result.head_requests += 1
         try:
-            async with session.head(url, allow_redirects=True) as response:
+            async with session.head(url, headers=IDENTITY, allow_redirects=True) as response:
                 if response.status in downloader.GONE_STATUSES:
                     return True, None
                 if response.status == 200 and response.content_length is not None:
@@ -592,6 +599,7 @@ class _Executor:
         self.stop = stop
         self.limits = [tier.size_limit for tier in repo.tiers]
         self.usage = list(inventory.usage)
+        self.counts = list(inventory.counts)
         self.local = dict(inventory.local)  # path -> (size, tier), kept true to the disk
         self.ledger = _Ledger(db, now)
         self.same_device = _same_device_matrix(repo)
@@ -607,6 +615,7 @@ class _Executor:
             self.result.failures.append(f"delete {step.path}: {error}")
             return
         self.usage[step.source] -= step.size
+        self.counts[step.source] -= 1
         self.local.pop(step.path, None)
         self.ledger.remove(step.path)
         self.result.deleted_files += 1
@@ -630,6 +639,7 @@ class _Executor:
             # Gone from under us since the inventory: nothing to move, nothing to count.
             self.usage[step.target] -= step.size
             self.usage[step.source] -= step.size
+            self.counts[step.source] -= 1
             self.local.pop(step.path, None)
             self.ledger.remove(step.path)
             return
@@ -638,6 +648,8 @@ class _Executor:
             self.result.failures.append(f"move {step.path}: {error}")
             return
         self.usage[step.source] -= step.size
+        self.counts[step.source] -= 1
+        self.counts[step.target] += 1
         self.local[step.path] = (step.size, step.target)
         self.ledger.place(step.path, step.size, step.target)
         self.result.moved_files += 1
@@ -686,6 +698,7 @@ class _Executor:
                 if outcome.status == "ok":
                     consecutive = 0
                     self.usage[step.target] += outcome.size - step.size
+                    self.counts[step.target] += 1
                     self.local[step.path] = (outcome.size, step.target)
                     self.ledger.place(step.path, outcome.size, step.target)
                     self.result.downloaded_files += 1
@@ -894,7 +907,7 @@ async def _run(
     try:
         enter("A")
         inventory = take_inventory(repo, db, result, dry_run=dry_run, stop=stop)
-        _tier_states(result, inventory.local)
+        _tier_states(result, inventory.usage, inventory.counts)
         if result.stopped:
             return
         lookup = IndexLookup(repo)
@@ -950,7 +963,7 @@ async def _run(
                 progress_bar=progress_bar,
             )
             final = executor.local
-            _tier_states(result, final)
+            _tier_states(result, executor.usage, executor.counts)
         result.votes_local = sum(e.votes for e in ranked if e.path in final) + sum(
             votes for path, votes in candidates.votes_of_others.items() if path in final
         )
@@ -982,9 +995,6 @@ def _planned_placement(local: dict[str, tuple[int, int]], plan: Plan) -> dict[st
     return final
 
 
-def _tier_states(result: CacheResult, local: dict[str, tuple[int, int]]) -> None:
+def _tier_states(result: CacheResult, usage: list[int], counts: list[int]) -> None:
     for state in result.tiers:
-        state.files = state.bytes = 0
-    for size, tier in local.values():
-        result.tiers[tier].files += 1
-        result.tiers[tier].bytes += size
+        state.bytes, state.files = usage[state.index], counts[state.index]
