@@ -31,7 +31,7 @@ from pypi_mirror.cache.manager import (
     run_cache_management,
 )
 from pypi_mirror.config import Config, config_from_dict
-from pypi_mirror.db import Database, Vote
+from pypi_mirror.db import Database, LocalFile, Vote
 from pypi_mirror.index.store import save_project
 from pypi_mirror.repo import Repo, temp_path_for
 from tests.fakepypi import FakeFile, FakePyPI
@@ -617,10 +617,10 @@ async def test_after_a_crash_the_next_run_makes_the_database_agree_with_the_disk
     partial.parent.mkdir(parents=True)
     partial.write_bytes(a.content[:50])
     world.place(0, b)  # renamed into place, no row
-    world.db.set_local_files([manager.LocalFile(c.path, c.size, 1)])  # row, no file
+    world.db.set_local_files([LocalFile(c.path, c.size, 1)])  # row, no file
     world.place(1, d)  # moved to tier 1, row still says tier 0 ... and the copy remained
     world.place(0, d)
-    world.db.set_local_files([manager.LocalFile(d.path, d.size, 0)])
+    world.db.set_local_files([LocalFile(d.path, d.size, 0)])
 
     result = await world.run()
 

@@ -36,6 +36,7 @@ from packaging.utils import (
     parse_sdist_filename,
     parse_wheel_filename,
 )
+from packaging.version import InvalidVersion
 
 from pypi_mirror.cache import download as downloader
 from pypi_mirror.cache.download import Digest, StopSignal
@@ -210,7 +211,7 @@ def project_names(filename: str) -> list[str]:
             names.append(parse_wheel_filename(base)[0])
         else:
             names.append(parse_sdist_filename(base)[0])
-    except (InvalidWheelFilename, InvalidSdistFilename):
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
         pass
     # Odd names (eggs, installers, old sdists): the name is the parts before the first
     # part that starts with a digit; then every shorter prefix, just in case.
@@ -381,7 +382,6 @@ class Candidates:
 async def find_candidates(
     config: Config,
     db: Database,
-    repo: Repo,
     inventory: Inventory,
     result: CacheResult,
     session_factory: Callable[[], aiohttp.ClientSession],
@@ -423,7 +423,7 @@ async def find_candidates(
     digests: dict[str, Digest] = {}
     if unknown:
         learned = await _learn_sizes(
-            config, repo, unknown, digests, result, session_factory, lookup, stop, progress_bar
+            config, unknown, digests, result, session_factory, lookup, stop, progress_bar
         )
         if not dry_run:
             db.set_remote_sizes(learned.items(), now=now)
@@ -443,7 +443,6 @@ async def find_candidates(
 
 async def _learn_sizes(
     config: Config,
-    repo: Repo,
     unknown: list[tuple[str, int]],
     digests: dict[str, Digest],
     result: CacheResult,
@@ -915,7 +914,6 @@ async def _run(
         candidates = await find_candidates(
             config,
             db,
-            repo,
             inventory,
             result,
             session_factory,
