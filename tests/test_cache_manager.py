@@ -6,12 +6,15 @@ mirror holds is fetched from the fake and stored with the index store, as the in
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import os
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pypi_mirror.cache import manager
 from pypi_mirror.cache.download import Digest, Outcome
@@ -63,22 +67,23 @@ class World:
 
     @property
     def config(self) -> Config:
-        return config_from_dict(
-            {
-                "repo_path": str(self.root),
-                "upstream": {"pypi_url": self.fake.url, "packages_url": self.fake.files_url},
-                "cache": {
-                    "tiers": [
-                        {"path": str(path), "size_limit": limit}
-                        for path, limit in zip(self.tiers, self.limits, strict=True)
-                    ],
-                    "min_vote_count": 2,
-                    "vote_window": "7d",
-                    **self.cache,
-                },
-                "sync": self.sync,
-            }
-        )
+        return config_from_dict(self.config_dict())
+
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "repo_path": str(self.root),
+            "upstream": {"pypi_url": self.fake.url, "packages_url": self.fake.files_url},
+            "cache": {
+                "tiers": [
+                    {"path": str(path), "size_limit": limit}
+                    for path, limit in zip(self.tiers, self.limits, strict=True)
+                ],
+                "min_vote_count": 2,
+                "vote_window": "7d",
+                **self.cache,
+            },
+            "sync": self.sync,
+        }
 
     @property
     def repo(self) -> Repo:
@@ -632,6 +637,85 @@ async def test_after_a_crash_the_next_run_makes_the_database_agree_with_the_disk
         d.path: 0,
     }
     assert result.downloaded_files == 2  # a and c
+    world.assert_db_agrees_with_disk()
+
+
+KILLED_RUN = """
+import asyncio, sys, threading, time
+from pathlib import Path
+from pypi_mirror.cache import download
+from pypi_mirror.cache.manager import run_cache_management
+from pypi_mirror.config import load_config
+from pypi_mirror.db import Database
+from pypi_mirror.repo import Repo
+
+config_path, marker, now = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+original = download.Digest.hasher
+
+def hasher(self):
+    inner = original(self)
+    chunks = []
+
+    class PauseInTheMiddle:
+        def update(self, data):
+            chunks.append(data)
+            inner.update(data)
+            if len(chunks) == 2:  # the first chunk is on disk: wait here to be killed
+                marker.write_text("mid-body")
+                time.sleep(600)
+
+        def hexdigest(self):
+            return inner.hexdigest()
+
+    return PauseInTheMiddle()
+
+download.Digest.hasher = hasher
+config = load_config(config_path)
+db = Database.open(config.repo_path)
+asyncio.run(
+    run_cache_management(
+        config, db, Repo(config), dry_run=False, stop=threading.Event(), now=now
+    )
+)
+"""
+
+
+async def test_kill_9_in_the_middle_of_a_download(world: World) -> None:
+    big = world.publish("killed", size=3_000_000)
+    small = world.publish("placed", size=100)
+    world.hold_index("killed", "placed")
+    world.limits = [10**8, 10**8]
+    world.sync = {"retry": 0, "concurrent_downloads": 1}
+    world.vote(small.path, 3)  # ranked first: downloaded before the big one
+    world.vote(big.path, 2)
+    config_path = world.tmp / "config.yaml"
+    config_path.write_text(yaml.safe_dump(world.config_dict()))
+    marker = world.tmp / "mid-body"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, str(config_path), str(marker), str(NOW)],
+        cwd=Path(__file__).parent.parent,
+    )
+    try:
+        for _ in range(600):
+            if marker.exists() or child.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert marker.exists(), "the child never reached the middle of the download"
+    finally:
+        child.kill()  # SIGKILL: no cleanup of any kind
+        child.wait()
+
+    on_disk = world.files_on_disk()
+    assert big.path not in on_disk  # nothing half-written under the real name
+    partial = [path for path in on_disk if ".pmtmp-" in path]
+    assert len(partial) == 1 and 0 < on_disk[partial[0]][0] < big.size
+    assert on_disk[small.path] == (small.size, 0)
+
+    result = await world.run()
+
+    assert set(world.files_on_disk()) == {small.path, big.path}
+    assert world.content(big.path) == big.content
+    assert result.temp_removed == 1
     world.assert_db_agrees_with_disk()
 
 
