@@ -11,7 +11,7 @@ from pypi_mirror.names import METADATA_SUFFIX, is_valid_file_path
 from pypi_mirror.server.clientip import fallback_mode
 from pypi_mirror.server.metadata import serve_remote_metadata
 from pypi_mirror.server.proxy import proxy_stream
-from pypi_mirror.server.sendfile import open_regular_file, send_file
+from pypi_mirror.server.sendfile import open_regular_file, send_file, small_files
 from pypi_mirror.server.state import ServerState
 
 _CONTENT_TYPES = {
@@ -54,9 +54,14 @@ async def _local_or_fallback(
         # The hottest tier is a fast disk: open in the loop. Colder tiers may be spinning
         # disks whose metadata can take milliseconds: ask a thread.
         if tier.index == 0:
-            opened = open_regular_file(full)
-        else:
-            opened = await asyncio.get_running_loop().run_in_executor(None, open_regular_file, full)
+            local = small_files.open(full)
+            if local is None:
+                continue
+            with local:
+                return await local.send(request, content_type=content_type)
+        # A file object, not a bare descriptor: if this request is cancelled while the
+        # thread opens, the garbage collector still closes it.
+        opened = await asyncio.get_running_loop().run_in_executor(None, open_regular_file, full)
         if opened is not None:
             handle, st = opened
             return await send_file(request, handle, st, content_type=content_type)

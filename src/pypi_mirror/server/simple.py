@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -12,7 +13,7 @@ from pypi_mirror.names import is_valid_project_name, normalize
 from pypi_mirror.server.negotiate import TEXT_HTML, V1_HTML, V1_JSON, choose_content_type
 from pypi_mirror.server.ondemand import OnDemandIndex, UpstreamUnavailable
 from pypi_mirror.server.proxy import proxy_stream
-from pypi_mirror.server.sendfile import open_regular_file, send_file
+from pypi_mirror.server.sendfile import open_regular_file, send_file, small_files
 from pypi_mirror.server.state import ServerState
 
 _HTML_SERIAL = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
@@ -26,7 +27,9 @@ class SerialCache:
     def __init__(self) -> None:
         self._known: dict[tuple[str, int], str] = {}
 
-    def get(self, path: str, st: os.stat_result, handle_path: Path, is_json: bool) -> str | None:
+    def get(
+        self, path: str, st: os.stat_result, handle_path: Path | str, is_json: bool
+    ) -> str | None:
         key = (path, st.st_mtime_ns)
         serial = self._known.get(key)
         if serial is None:
@@ -37,7 +40,7 @@ class SerialCache:
         return serial or None
 
 
-def _read_serial(path: Path, is_json: bool, size: int) -> str:
+def _read_serial(path: Path | str, is_json: bool, size: int) -> str:
     try:
         with open(path, "rb") as handle:
             if is_json:
@@ -63,6 +66,10 @@ class SimpleIndex:
         self.ondemand = ondemand
         self.prefix = state.config.prefix
         self.serials = SerialCache()
+        # Small memos of pure functions of request strings (bounded: clients choose them).
+        self._canonical: dict[str, str] = {}  # valid name as asked → its normalised form
+        self._chosen: dict[tuple[str | None, str | None], str | None] = {}  # negotiation
+        self._pages: dict[str, tuple[str, str]] = {}  # name → (HTML page, JSON page) paths
 
     async def page(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
         """``rest`` is what follows ``{prefix}/simple``."""
@@ -74,18 +81,25 @@ class SimpleIndex:
                 return _redirect(f"{self.prefix}/simple/", query)
             return await self._root(request)
         name = rest.strip("/")
-        if "/" in name or not is_valid_project_name(name):
-            return web.Response(status=404, text="no such project\n")
-        canonical = normalize(name)
+        canonical = self._canonical.get(name)
+        if canonical is None:
+            if "/" in name or not is_valid_project_name(name):
+                return web.Response(status=404, text="no such project\n")
+            canonical = _remember(self._canonical, name, normalize(name))
         if name != canonical or not rest.endswith("/"):
             return _redirect(f"{self.prefix}/simple/{canonical}/", query)
         return await self._project(request, canonical)
 
     def _negotiate(self, request: web.BaseRequest) -> str | None:
-        fmt = request.query.get("format")
+        # The query is parsed only when there is one: most installers send none.
+        fmt = request.query.get("format") if request.query_string else None
         if fmt:  # an unescaped "+json" arrives as " json" after query decoding
             fmt = fmt.replace(" ", "+")
-        return choose_content_type(request.headers.get("Accept"), fmt)
+        key = (request.headers.get("Accept"), fmt)
+        try:
+            return self._chosen[key]
+        except KeyError:
+            return _remember(self._chosen, key, choose_content_type(*key))
 
     async def _root(self, request: web.BaseRequest) -> web.StreamResponse:
         content_type = self._negotiate(request)
@@ -124,18 +138,22 @@ class SimpleIndex:
             return web.Response(status=error.status, text="upstream unavailable\n")
         if not present:
             return web.Response(status=404, text="no such project\n")
-        repo = self.state.repo
         is_json = content_type == V1_JSON
-        target = repo.project_json(name) if is_json else repo.project_html(name)
-        opened = open_regular_file(str(target))
-        if opened is None:  # removed by a sync between the check and now
+        paths = self._pages.get(name)
+        if paths is None:
+            repo = self.state.repo
+            paths = (str(repo.project_html(name)), str(repo.project_json(name)))
+            _remember(self._pages, name, paths)
+        target = paths[1] if is_json else paths[0]
+        local = small_files.open(target)
+        if local is None:  # removed by a sync between the check and now
             return web.Response(status=404, text="no such project\n")
-        handle, st = opened
-        headers = {"Vary": "Accept"}
-        serial = self.serials.get(str(target), st, target, is_json)
-        if serial:
-            headers["X-PyPI-Last-Serial"] = serial
-        return await send_file(request, handle, st, content_type=content_type, headers=headers)
+        with local:
+            headers = {"Vary": "Accept"}
+            serial = self.serials.get(target, local.st, target, is_json)
+            if serial:
+                headers["X-PyPI-Last-Serial"] = serial
+            return await local.send(request, content_type=content_type, headers=headers)
 
     async def json_api(self, request: web.BaseRequest, parts: list[str]) -> web.StreamResponse:
         """``/{name}/json`` (local copy, else upstream) and ``/{name}/{version}/json``."""
@@ -175,6 +193,16 @@ class SimpleIndex:
         return await send_file(
             request, handle, st, content_type="application/json", headers=headers
         )
+
+
+_MEMO_LIMIT = 10_000
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any) -> Any:
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 def _not_acceptable() -> web.Response:
