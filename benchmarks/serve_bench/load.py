@@ -35,6 +35,11 @@ class LoadResult:
     bad_status: int  # responses with status > 399, as wrk counts them
     p50_ms: float
     p99_ms: float
+    server_cpu: float = 0.0  # CPU seconds the server used during the measurement
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return 1e6 * self.server_cpu / self.requests if self.requests else 0.0
 
     @property
     def requests_per_second(self) -> float:

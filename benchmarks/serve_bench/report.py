@@ -51,16 +51,17 @@ def table(rows: list[Row]) -> str:
 
 def details(rows: list[Row]) -> str:
     lines = [
-        "| test | server | round | requests | MB/s | p50 ms | p99 ms | status ≥ 400 "
-        "| socket errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| test | server | round | requests | MB/s | server CPU µs/req | p50 ms | p99 ms "
+        "| status ≥ 400 | socket errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         for name, results in (("nginx", row.nginx), ("pypi-mirror", row.mirror)):
             for number, result in enumerate(results, 1):
                 lines.append(
                     f"| {row.target.key} | {name} | {number} | {result.requests:,} | "
-                    f"{result.megabytes_per_second:,.0f} | {result.p50_ms:.2f} | "
+                    f"{result.megabytes_per_second:,.0f} | {result.cpu_us_per_request:,.0f} | "
+                    f"{result.p50_ms:.2f} | "
                     f"{result.p99_ms:.2f} | {result.bad_status} | {result.socket_errors} |"
                 )
     return "\n".join(lines) + "\n"

@@ -128,6 +128,17 @@ class Server:
             self.process.wait()
         self.pid_file.unlink(missing_ok=True)
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the master and its workers."""
+        total = 0
+        for pid in {*self.worker_pids(), *([self.process.pid] if self.process else [])}:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        return total / os.sysconf("SC_CLK_TCK")
+
     def worker_pids(self) -> list[int]:
         """The processes that serve (children of the master)."""
         if self.process is None:
