@@ -49,6 +49,13 @@ def file_path_from_url(url: str) -> str | None:
     PyPI's JSON API gives either ``https://files.pythonhosted.org/packages/ab/cd/…/f.whl`` or
     ``../../packages/packages/ab/cd/…/f.whl``; both must land on the same local path.
     """
+    if "%" not in url and "?" not in url and "#" not in url:
+        # What PyPI always sends: no escapes, no query. The path is whatever follows the
+        # last "/packages/" (sync renders ~30 of these per project: keep it cheap).
+        start = url.rfind("/packages/")
+        if start >= 0:
+            candidate = url[start + len("/packages/") :]
+            return candidate if is_valid_file_path(candidate) else None
     path = unquote(urlsplit(url).path)
     match = _URL_FILE_PATH_RE.search(path)
     if match is None:
