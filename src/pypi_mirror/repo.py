@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,23 +243,44 @@ class Repo:
                 full = os.path.join(folder, name)
                 yield full[base_len:], Path(full)
 
-    def scan_tier(self, tier: int) -> Iterator[str]:
+    def scan_tier(self, tier: int, *, workers: int = 1) -> Iterator[str]:
         """The relative path of every regular file in a tier, temporary files included.
 
         Never stats a file: os.scandir's entry type (d_type) tells files from folders, so a
-        walk over hundreds of thousands of files costs one directory read per folder.
+        walk over hundreds of thousands of files costs one directory read per folder. With
+        ``workers`` > 1 the top-level folders are read by that many threads: when the folders
+        are not in the kernel's cache, reads wait on the disk, and many waits overlap.
         """
-        pending = [(f"{self.tiers[tier].path}{os.sep}", "")]
-        while pending:
-            folder, relative = pending.pop()
-            try:
-                entries = os.scandir(folder)
-            except FileNotFoundError:
-                continue  # removed while we walked
-            with entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
+        base = f"{self.tiers[tier].path}{os.sep}"
+        if workers <= 1:
+            yield from _scan_folder(base, "")
+            return
+        folders: list[str] = []
+        yield from _scan_folder(base, "", folders)
+        with ThreadPoolExecutor(workers, thread_name_prefix="scan") as pool:
+            for found in pool.map(
+                lambda name: list(_scan_folder(f"{base}{name}/", f"{name}/")), folders
+            ):
+                yield from found
+
+
+def _scan_folder(folder: str, relative: str, only_top: list[str] | None = None) -> Iterator[str]:
+    """Files under ``folder`` (as ``relative`` + the rest). With ``only_top``, the subfolders
+    of ``folder`` itself are not entered but listed there."""
+    pending = [(folder, relative)]
+    while pending:
+        current, prefix = pending.pop()
+        try:
+            entries = os.scandir(current)
+        except FileNotFoundError:
+            continue  # removed while we walked
+        with entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if only_top is not None:
+                        only_top.append(entry.name)
+                    else:
                         name = entry.name
-                        pending.append((f"{folder}{name}/", f"{relative}{name}/"))
-                    elif entry.is_file(follow_symlinks=False):
-                        yield relative + entry.name
+                        pending.append((f"{current}{name}/", f"{prefix}{name}/"))
+                elif entry.is_file(follow_symlinks=False):
+                    yield prefix + entry.name

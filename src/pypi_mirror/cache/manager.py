@@ -25,6 +25,7 @@ import re
 import time
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,10 @@ DB_BATCH = 1000
 LOCK_FILENAME = ".cache.lock"
 INVALID_PATHS_LOGGED = 10
 INDEX_PROJECTS_KEPT = 64
+# Threads reading tier folders and stat'ing new files: on a cold cache each read is a disk
+# wait, and the disk serves many at once (on a warm cache the extra threads cost nothing).
+SCAN_WORKERS = 16
+STAT_CHUNK = 1000
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -306,10 +311,10 @@ def take_inventory(
 ) -> Inventory:
     known = db.local_files_map()
     local: dict[str, tuple[int, int]] = {}
-    new_rows: list[LocalFile] = []
+    new: dict[str, int] = {}  # path -> tier: files the table does not know (yet)
     for tier in repo.tiers:
         base = f"{tier.path}{os.sep}"
-        for count, path in enumerate(repo.scan_tier(tier.index)):
+        for count, path in enumerate(repo.scan_tier(tier.index, workers=SCAN_WORKERS)):
             if count % 10_000 == 0 and stop.is_set():
                 result.stopped = True
                 break
@@ -328,22 +333,24 @@ def take_inventory(
                 if result.invalid_paths <= INVALID_PATHS_LOGGED:
                     log.warning("tier %d: ignoring %s (not a PyPI file path)", tier.index, path)
                 continue
-            if path in local:
+            if path in local or path in new:
                 # Also in a hotter tier: the source of a cross-filesystem move that was cut
                 # short after its copy was complete. One copy is enough; keep the hotter one.
                 log.info("tier %d: removing a second copy of %s", tier.index, path)
                 if not dry_run:
                     _unlink(base + path)
                 continue
-            try:
-                size = os.stat(base + path).st_size
-            except FileNotFoundError:
-                continue
-            result.stat_calls += 1
-            local[path] = (size, tier.index)
-            new_rows.append(LocalFile(path, size, tier.index))
+            new[path] = tier.index
         if result.stopped:
             break
+    new_rows: list[LocalFile] = []
+    paths = list(new)
+    full_paths = [f"{repo.tiers[new[path]].path}{os.sep}{path}" for path in paths]
+    for path, size in zip(paths, _sizes(full_paths), strict=True):
+        if size is not None:
+            local[path] = (size, new[path])
+            new_rows.append(LocalFile(path, size, new[path]))
+    result.stat_calls += len(paths)
     usage = [0] * len(repo.tiers)
     counts = [0] * len(repo.tiers)
     for size, tier_index in local.values():
@@ -356,6 +363,26 @@ def take_inventory(
     if result.invalid_paths > INVALID_PATHS_LOGGED:
         log.warning("%d files in the tiers are not PyPI file paths", result.invalid_paths)
     return Inventory(local, stale, usage, counts)
+
+
+def _sizes(full_paths: list[str]) -> list[int | None]:
+    """os.stat sizes (None: gone since the walk), from several threads: a cold inode cache
+    makes each stat a disk read, and those overlap."""
+
+    def chunk(start: int) -> list[int | None]:
+        sizes: list[int | None] = []
+        for full in full_paths[start : start + STAT_CHUNK]:
+            try:
+                sizes.append(os.stat(full).st_size)
+            except FileNotFoundError:
+                sizes.append(None)
+        return sizes
+
+    starts = range(0, len(full_paths), STAT_CHUNK)
+    if len(starts) <= 1:
+        return [size for start in starts for size in chunk(start)]
+    with ThreadPoolExecutor(SCAN_WORKERS, thread_name_prefix="stat") as pool:
+        return [size for sizes in pool.map(chunk, starts) for size in sizes]
 
 
 def _unlink(path: str) -> None:
