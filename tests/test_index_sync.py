@@ -505,9 +505,12 @@ def test_kill_9_in_the_middle_then_a_clean_second_run(tmp_path: Path, fake_pypi:
     refetched = set(json_fetches(fake_pypi))
     assert not refetched & committed
     assert refetched | committed == {f"proj{i:03d}" for i in range(40)}
-    # A temporary file the kill cut short may remain (never served: no page has its name);
-    # every real document equals what a fresh sync writes.
-    visible = {k: v for k, v in tree(repo).items() if not Path(k).name.startswith(TEMP_PREFIX)}
+    # A temporary file the kill cut short may remain, but only in the staging folder (never
+    # beside a page); every real document equals what a fresh sync writes.
+    staging = Path(".staging")
+    stray = [k for k in tree(repo) if TEMP_PREFIX in k and staging not in Path(k).parents]
+    assert stray == []
+    visible = {k: v for k, v in tree(repo).items() if staging not in Path(k).parents}
     assert visible == fresh_copy(tmp_path, fake_pypi)
     assert_complete(repo)
 
@@ -743,3 +746,15 @@ def test_progress_without_a_total_counts_only() -> None:
     line = progress.line()
     assert line.startswith("listing the upstream: 120,000 projects, ")
     assert "ETA" not in line and "%" not in line
+
+
+def test_stale_staging_leftovers_are_cleared(tmp_path: Path) -> None:
+    repo = Repo(config_from_dict({"repo_path": str(tmp_path / "repo")}))
+    repo.create_folders()
+    old = repo.pages_staging_dir / f"{TEMP_PREFIX}0123-index.html"
+    old.write_bytes(b"<html>half")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    young = repo.pages_staging_dir / f"{TEMP_PREFIX}4567-index.html"
+    young.write_bytes(b"<html>a live writer's")
+    assert repo.clear_stale_staging() == 1
+    assert not old.exists() and young.exists()

@@ -10,6 +10,7 @@ import errno
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,13 +63,16 @@ def _create_temp(temp: Path) -> int:
         return os.open(temp, flags, 0o644)
 
 
-def atomic_write(target: Path, data: bytes, *, durable: bool = False) -> None:
+def atomic_write(
+    target: Path, data: bytes, *, durable: bool = False, staging: Path | None = None
+) -> None:
     """Write ``data`` to ``target`` so readers see the old file or the new one, never a part.
 
     Sync writes three of these per project: one open, one write, one rename, no extra
-    stat or chmod on the common path.
+    stat or chmod on the common path. ``staging`` (same filesystem) holds the temporary
+    file instead of the target's folder, so a killed run's leftovers sit in one place.
     """
-    temp = temp_path_for(target)
+    temp = temp_path_for(staging / target.name if staging is not None else target)
     fd = _create_temp(temp)
     try:
         try:
@@ -138,7 +142,7 @@ class Repo:
         self.json_dir = self.root / "json"
 
     def create_folders(self) -> None:
-        for folder in (self.root, self.simple_dir, self.json_dir):
+        for folder in (self.root, self.simple_dir, self.json_dir, self.pages_staging_dir):
             folder.mkdir(parents=True, exist_ok=True)
         if len(self.tiers) == 1 and self.tiers[0].path == self.root / "packages":
             self.tiers[0].path.mkdir(parents=True, exist_ok=True)
@@ -185,12 +189,40 @@ class Repo:
             raise ValueError(f"not a normalised project name: {name!r}")
         return self.json_dir / name
 
+    @property
+    def pages_staging_dir(self) -> Path:
+        """Where project documents are written before their rename into place: a killed
+        run's leftovers are found here without listing a million project folders."""
+        return self.root / ".staging"
+
     def write_project(self, name: str, pypi_json: bytes, html: bytes, simple_json: bytes) -> None:
         """Write a project's three documents, each atomically; the JSON API copy last so that
         a project whose JSON exists always has its pages."""
-        atomic_write(self.project_html(name), html)
-        atomic_write(self.project_json(name), simple_json)
-        atomic_write(self.pypi_json(name), pypi_json)
+        staging = self.pages_staging_dir
+        folder = self.project_dir(name)
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.project_html(name), html, staging=staging)
+        atomic_write(self.project_json(name), simple_json, staging=staging)
+        atomic_write(self.pypi_json(name), pypi_json, staging=staging)
+
+    def clear_stale_staging(self, older_than: float = 600.0) -> int:
+        """Remove temporary documents left by a killed writer; recent ones may belong to a
+        running `serve` and stay. Returns how many were removed."""
+        removed = 0
+        limit = time.time() - older_than
+        try:
+            entries = list(os.scandir(self.pages_staging_dir))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime < limit:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     def remove_project(self, name: str) -> None:
         self.pypi_json(name).unlink(missing_ok=True)

@@ -376,6 +376,10 @@ async def sync_index(
     stop = stop or threading.Event()
     result = IndexSyncResult()
     clock = time.monotonic()
+    repo.pages_staging_dir.mkdir(parents=True, exist_ok=True)
+    leftovers = repo.clear_stale_staging()
+    if leftovers:
+        log.info("removed %d temporary documents left by an interrupted run", leftovers)
     # A project fetched (on demand, or by us) after this moment is not removed for being
     # absent from the listing. The PEP 691 root index may lag by half an hour (CDN), so with
     # it the moment moves back by an hour.
