@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cache_bench.seed import World, build
+from cache_bench.seed import FILES, VOTES, World, build
 from pypi_mirror.cache.manager import PHASES, CacheResult, run_cache_management
 from pypi_mirror.config import config_from_dict
 from pypi_mirror.db import DB_FILENAME, Database
@@ -42,10 +42,16 @@ class PhasePeaks:
     interval: float = 0.005
     phase: str = ""
     peaks: dict[str, int] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # user + system seconds per phase
     _stop: threading.Event = field(default_factory=threading.Event)
+    _cpu_mark: float = 0.0
 
     def enter(self, phase: str) -> None:
         self._record()
+        moment = time.process_time()
+        if self.phase:
+            self.cpu[self.phase] = moment - self._cpu_mark
+        self._cpu_mark = moment
         self.phase = phase
         self._record()
 
@@ -80,7 +86,7 @@ def prepare(world: World) -> Path:
     return repo_path
 
 
-def run_once(world: World, repo_path: Path) -> tuple[CacheResult, dict[str, int], float]:
+def run_once(world: World, repo_path: Path) -> tuple[CacheResult, PhasePeaks, float]:
     config = config_from_dict(
         {
             "repo_path": str(repo_path),
@@ -117,7 +123,7 @@ def run_once(world: World, repo_path: Path) -> tuple[CacheResult, dict[str, int]
         )
         total = time.perf_counter() - started
     db.close()
-    return result, peaks.peaks, total
+    return result, peaks, total
 
 
 def check(result: CacheResult, label: str) -> list[str]:
@@ -144,9 +150,14 @@ def main() -> int:
     second, second_peaks, second_total = run_once(world, repo_path)
 
     mib = 1 << 20
+    load = os.getloadavg()[0]
     print()
-    print("cache management, 10,000,000 votes / 500,000 files / 300,000 on disk, two tiers")
-    print(f"{'phase':<28}{'run 1 s':>10}{'run 1 MiB':>11}{'run 2 s':>10}{'run 2 MiB':>11}")
+    print(
+        f"cache management: {VOTES:,} votes, {FILES:,} files, {world.local_files:,} on disk, "
+        f"two tiers ({os.cpu_count()} CPUs, load average {load:.1f} at the end)"
+    )
+    print(f"{'':<24}{'---------- run 1 ----------':>30}{'- run 2 (nothing changed) -':>30}")
+    print(f"{'phase':<24}" + f"{'wall s':>10}{'CPU s':>10}{'peak MiB':>10}" * 2)
     names = {
         "A": "A inventory",
         "B": "B candidates + sizes",
@@ -155,15 +166,18 @@ def main() -> int:
         "E": "E cleanup",
     }
     for phase in PHASES:
-        print(
-            f"{names[phase]:<28}"
-            f"{first.phase_seconds.get(phase, 0):>10.2f}{first_peaks.get(phase, 0) / mib:>11.0f}"
-            f"{second.phase_seconds.get(phase, 0):>10.2f}{second_peaks.get(phase, 0) / mib:>11.0f}"
-        )
-    print(
-        f"{'whole A-E':<28}{first_total:>10.2f}{max(first_peaks.values()) / mib:>11.0f}"
-        f"{second_total:>10.2f}{max(second_peaks.values()) / mib:>11.0f}"
-    )
+        row = f"{names[phase]:<24}"
+        for result, peaks in ((first, first_peaks), (second, second_peaks)):
+            row += (
+                f"{result.phase_seconds.get(phase, 0):>10.2f}{peaks.cpu.get(phase, 0):>10.2f}"
+                f"{peaks.peaks.get(phase, 0) / mib:>10.0f}"
+            )
+        print(row)
+    row = f"{'whole A-E':<24}"
+    for total, peaks in ((first_total, first_peaks), (second_total, second_peaks)):
+        row += f"{total:>10.2f}{sum(peaks.cpu.values()):>10.2f}"
+        row += f"{max(peaks.peaks.values()) / mib:>10.0f}"
+    print(row)
     print()
     for label, result in (("run 1", first), ("run 2", second)):
         print(
@@ -172,7 +186,7 @@ def main() -> int:
             f"{result.votes_dropped:,} old votes dropped, {result.files_dropped:,} paths dropped"
         )
     problems = check(first, "run 1") + check(second, "run 2")
-    peak = max(*first_peaks.values(), *second_peaks.values())
+    peak = max(*first_peaks.peaks.values(), *second_peaks.peaks.values())
     goals = [
         ("whole A-E < 60 s", first_total < GOAL_SECONDS),
         ("peak memory < 1 GiB", peak < GOAL_BYTES),
