@@ -392,6 +392,11 @@ async def sync_index(
             upstream = await list_upstream(config, session, tuning, progress_bar)
         except UpstreamError as error:
             result.aborted = f"cannot list the upstream's projects: {error}"
+            if config.upstream.serials_source == "xmlrpc":
+                result.aborted += (
+                    " (an upstream without XML-RPC can be listed from its PEP 691 JSON root"
+                    " index: upstream.serials_source: simple-json)"
+                )
             result.seconds = time.monotonic() - clock
             return result
         listed_in = time.monotonic() - clock
