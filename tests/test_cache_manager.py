@@ -26,14 +26,11 @@ from typing import Any
 import pytest
 import yaml
 
-from pypi_mirror.cache import manager
+from pypi_mirror.cache import download as downloader
 from pypi_mirror.cache.download import Digest, Outcome
-from pypi_mirror.cache.manager import (
-    CacheResult,
-    format_plan,
-    project_names,
-    run_cache_management,
-)
+from pypi_mirror.cache.lookup import project_names
+from pypi_mirror.cache.manager import run_cache_management
+from pypi_mirror.cache.report import CacheResult, format_plan
 from pypi_mirror.config import Config, config_from_dict
 from pypi_mirror.db import Database, LocalFile, Vote
 from pypi_mirror.index.store import save_project
@@ -46,7 +43,7 @@ DAY = 86400.0
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(manager, "RETRY_BACKOFF", 0.0)
+    monkeypatch.setattr(downloader, "RETRY_BACKOFF", 0.0)
 
 
 class World:
@@ -171,7 +168,7 @@ def watch_tiers(world: World, monkeypatch: pytest.MonkeyPatch) -> list[list[int]
     samples: list[list[int]] = []
     original_delete = Repo.delete_file
     original_move = Repo.move_between_tiers
-    original_download = manager.downloader.download
+    original_download = downloader.download
 
     def delete_file(self: Repo, tier: int, path: str) -> None:
         original_delete(self, tier, path)
@@ -189,7 +186,7 @@ def watch_tiers(world: World, monkeypatch: pytest.MonkeyPatch) -> list[list[int]
 
     monkeypatch.setattr(Repo, "delete_file", delete_file)
     monkeypatch.setattr(Repo, "move_between_tiers", move_between_tiers)
-    monkeypatch.setattr(manager.downloader, "download", download)
+    monkeypatch.setattr(downloader, "download", download)
     return samples
 
 
@@ -793,7 +790,7 @@ async def test_stop_during_a_download_leaves_no_partial_file(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     big = world.publish("big", size=3_000_000)
-    assert big.size > 4 * manager.downloader.CHUNK
+    assert big.size > 4 * downloader.CHUNK
     world.hold_index("big")
     world.limits = [10**8, 10**8]
     world.vote(big.path, 2)

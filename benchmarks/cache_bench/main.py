@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cache_bench.seed import FILES, VOTES, World, build
-from pypi_mirror.cache.manager import PHASES, CacheResult, run_cache_management
+from pypi_mirror.cache.manager import PHASES, run_cache_management
+from pypi_mirror.cache.report import CacheResult
 from pypi_mirror.config import config_from_dict
 from pypi_mirror.db import DB_FILENAME, Database
 from pypi_mirror.repo import Repo

@@ -17,8 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from pypi_mirror.cache.manager import CacheResult, run_cache_management
-from pypi_mirror.cache.manager import format_plan as format_cache_plan
+from pypi_mirror.cache.manager import run_cache_management
+from pypi_mirror.cache.report import CacheResult
+from pypi_mirror.cache.report import format_plan as format_cache_plan
 from pypi_mirror.config import Config
 from pypi_mirror.db import DB_FILENAME, Database
 from pypi_mirror.index.sync import (

@@ -26,6 +26,8 @@ CHUNK = 256 * 1024
 GONE_STATUSES = (404, 410)
 # Worth another try: the upstream or the path to it may recover.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# First pause before another try (doubled each time); HEAD requests of the cache use it too.
+RETRY_BACKOFF = 0.5
 
 
 class StopSignal(Protocol):
@@ -73,7 +75,7 @@ async def download(
     size: int | None,
     retries: int,
     stop: StopSignal | None = None,
-    backoff: float = 0.5,
+    backoff: float = RETRY_BACKOFF,
 ) -> Outcome:
     """Fetch ``url`` into ``target``, verified against ``digest`` (and ``size`` if known).
 
