@@ -26,6 +26,7 @@ from pypi_mirror.index.sync import GLOBAL_SERIAL_KEY, write_root_index
 from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import FLUSH_INTERVAL, AccessLogWriter
 from pypi_mirror.server.app import Handler, access_logger_class
+from pypi_mirror.server.fastpath import FastServer, fastpath_enabled
 from pypi_mirror.server.ondemand import OnDemandIndex
 from pypi_mirror.server.readtimeout import ReadTimeoutServer
 from pypi_mirror.server.simple import SimpleIndex
@@ -117,7 +118,8 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
     handoff = VoteHandoff(votes, loop)
     state = ServerState(config, repo, urls, handoff, access_log)  # type: ignore[arg-type]
     ondemand = OnDemandIndex(config, repo, urls, state.session)
-    handler = Handler(state, SimpleIndex(state, ondemand))
+    simple = SimpleIndex(state, ondemand)
+    handler = Handler(state, simple)
     server = ReadTimeoutServer(
         handler,
         read_timeout=config.timeouts.read,
@@ -131,10 +133,17 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
     runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
     await runner.setup()
     host, port = config.listen_host_port
-    site = web.TCPSite(
-        runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port, backlog=1024
-    )
-    await site.start()
+    fast: FastServer | None = None
+    listener: asyncio.Server | None = None
+    if ssl_context is None and fastpath_enabled():
+        # Plain HTTP: connections start on the fast path, which hands aiohttp the rest.
+        fast = FastServer(state, simple, ondemand, server)
+        listener = await loop.create_server(fast, host, port, reuse_port=reuse_port, backlog=1024)
+    else:
+        site = web.TCPSite(
+            runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port, backlog=1024
+        )
+        await site.start()
 
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -155,7 +164,12 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
         os.getpid(),
         SHUTDOWN_GRACE,
     )
-    await runner.cleanup()
+    if listener is not None and fast is not None:
+        listener.close()
+        fast.close_idle()
+        await asyncio.gather(runner.cleanup(), fast.wait_closed(SHUTDOWN_GRACE))
+    else:
+        await runner.cleanup()
     flusher.cancel()
     await state.close_session()
     ondemand.close()
