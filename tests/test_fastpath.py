@@ -23,6 +23,7 @@ from tests.mirror import Mirror
 
 SMALL = "ab/cd/" + "1" * 60 + "/demo_pkg-1.0-py3-none-any.whl"
 LARGE = "ab/cd/" + "2" * 60 + "/demo_pkg-1.0.tar.gz"  # above the in-memory limit: sendfile
+HUGE = "ab/cd/" + "3" * 60 + "/demo_pkg-2.0.tar.gz"  # more than a socket takes at once
 PAGE = "/pypi/simple/demo-pkg/"
 V1_JSON = "application/vnd.pypi.simple.v1+json"
 V1_HTML = "application/vnd.pypi.simple.v1+html"
@@ -41,6 +42,7 @@ def _populate(repo: Path, mtime_ns: int) -> None:
         ),
         repo / "packages" / SMALL: bytes(range(256)) * 4,
         repo / "packages" / LARGE: LARGE_BODY,
+        repo / "packages" / HUGE: bytes(range(251)) * 16_000,
     }
     for path, content in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,8 +217,8 @@ def test_keep_alive_sequence_handed_off_midway(pair: tuple[Mirror, Mirror]) -> N
 
 
 def test_pipelined_fast_requests(pair: tuple[Mirror, Mirror]) -> None:
-    small, large = f"/pypi/packages/{SMALL}", f"/pypi/packages/{LARGE}"
-    requests = [_request(PAGE), _request(large), _request(small, "HEAD"), _request(large)] * 3
+    small, large, huge = (f"/pypi/packages/{p}" for p in (SMALL, LARGE, HUGE))
+    requests = [_request(PAGE), _request(large), _request(small, "HEAD"), _request(huge)] * 3
     requests.append(_request(PAGE, Connection="close"))
     replies = _same(pair, requests, pipelined=True)
     assert len(replies) == len(requests) + 1

@@ -42,6 +42,7 @@ from pypi_mirror.server.negotiate import V1_JSON, choose_content_type
 from pypi_mirror.server.ondemand import OnDemandIndex
 from pypi_mirror.server.sendfile import (
     CORK_LIMIT,
+    SENDFILE_SLICE,
     LocalFile,
     _plain_socket,
     _sendfile_bounded,
@@ -224,6 +225,43 @@ class _Head:
 
 
 _UNKNOWN = _Head()
+
+
+class _Pump:
+    """Writer callback of ``FastProtocol._pump``: sendfile(2) from ``position`` to ``stop``
+    as far as the socket takes it each time it is writable; ``done`` holds the end."""
+
+    __slots__ = ("done", "fd", "loop", "position", "sock_fd", "stop")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock_fd: int, fd: int, position: int, stop: int
+    ) -> None:
+        self.loop = loop
+        self.sock_fd = sock_fd
+        self.fd = fd
+        self.position = position
+        self.stop = stop
+        self.done: asyncio.Future[int] = loop.create_future()
+
+    def ready(self) -> None:
+        try:
+            while self.position < self.stop:
+                written = os.sendfile(
+                    self.sock_fd, self.fd, self.position, self.stop - self.position
+                )
+                if written == 0:  # the file shrank under us
+                    raise ConnectionResetError("file ended early")
+                self.position += written
+        except (BlockingIOError, InterruptedError):
+            return  # stays registered: called again when the socket drains
+        except OSError as error:
+            self.loop._remove_writer(self.sock_fd)  # type: ignore[attr-defined]
+            if not self.done.done():
+                self.done.set_exception(ConnectionResetError(str(error)))
+            return
+        self.loop._remove_writer(self.sock_fd)  # type: ignore[attr-defined]
+        if not self.done.done():
+            self.done.set_result(self.position)
 
 
 class FastProtocol(asyncio.Protocol):
@@ -527,10 +565,18 @@ class FastProtocol(asyncio.Protocol):
             with local:
                 if transport is None or transport.is_closing():
                     raise ConnectionResetError("client went away")
-                with os.fdopen(os.dup(local.fd), "rb", buffering=0) as copy:
-                    await _sendfile_bounded(
-                        transport, copy, sent, count - sent, self.server.write_timeout
-                    )
+                sock = _plain_socket(transport)
+                if (
+                    sock is not None
+                    and transport.get_write_buffer_size() == 0
+                    and hasattr(self.loop, "_add_writer")
+                ):
+                    await self._pump(sock.fileno(), local.fd, sent, count)
+                else:
+                    with os.fdopen(os.dup(local.fd), "rb", buffering=0) as copy:
+                        await _sendfile_bounded(
+                            transport, copy, sent, count - sent, self.server.write_timeout
+                        )
         except (ConnectionError, asyncio.CancelledError) as error:
             self._log(head, 200, 0, started)  # as aiohttp logs an aborted transfer
             if self.transport is not None:
@@ -548,6 +594,29 @@ class FastProtocol(asyncio.Protocol):
         self.busy = False
         self._finish(head, count, started, vote)
         self._after_response(head.keep_alive)
+
+    async def _pump(self, sock_fd: int, fd: int, offset: int, end: int) -> None:
+        """sendfile(2) each time the socket can take more, until ``end``; each slice of
+        SENDFILE_SLICE bytes bounded by ``timeouts.write``, as ``_sendfile_bounded``.
+
+        ``loop.sendfile`` removes and re-adds its writer on the socket between any two
+        sendfile calls (two epoll_ctl each time); this one stays registered until done. The
+        transport holds no unsent bytes and writes nothing meanwhile (the protocol is busy),
+        so the socket is ours alone. The selector loop's private ``_add_writer`` is what
+        ``loop.sendfile`` itself uses on a transport's socket (the public one refuses it)."""
+        loop = self.loop
+        while offset < end:
+            pump = _Pump(loop, sock_fd, fd, offset, min(offset + SENDFILE_SLICE, end))
+            loop._add_writer(sock_fd, pump.ready)  # type: ignore[attr-defined]
+            try:
+                async with asyncio.timeout(self.server.write_timeout):
+                    offset = await pump.done
+            except TimeoutError:
+                if self.transport is not None:
+                    self.transport.abort()
+                raise ConnectionResetError("client stopped reading (timeouts.write)") from None
+            finally:
+                loop._remove_writer(sock_fd)  # type: ignore[attr-defined]
 
     def _finish(self, head: _Head, size: int, started: float, vote: str | None) -> None:
         if vote is not None and head.method == "GET" and not is_bot(head.user_agent):
