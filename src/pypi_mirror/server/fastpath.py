@@ -44,11 +44,11 @@ from pypi_mirror.server.sendfile import (
     CORK_LIMIT,
     SENDFILE_SLICE,
     LocalFile,
-    _plain_socket,
-    _sendfile_bounded,
-    _sendfile_now,
-    _validators,
+    plain_socket,
+    sendfile_bounded,
+    sendfile_now,
     small_files,
+    validators,
 )
 from pypi_mirror.server.simple import SimpleIndex
 from pypi_mirror.server.state import ServerState
@@ -489,7 +489,7 @@ class FastProtocol(asyncio.Protocol):
         started = time.monotonic()
         st = local.st
         size = st.st_size
-        etag, last_modified = _validators(st.st_mtime_ns, size, st.st_mtime)
+        etag, last_modified = validators(st.st_mtime_ns, size, st.st_mtime)
         connection = ""
         if head.version == "1.0":
             if head.keep_alive:
@@ -532,14 +532,14 @@ class FastProtocol(asyncio.Protocol):
         assert transport is not None
         sent = 0
         try:
-            sock = _plain_socket(transport)
+            sock = plain_socket(transport)
             cork = sock is not None and count <= CORK_LIMIT
             if cork:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # type: ignore[union-attr]
             try:
                 transport.write(header)
                 if sock is not None and transport.get_write_buffer_size() == 0:
-                    sent = _sendfile_now(sock.fileno(), local.fd, 0, count)
+                    sent = sendfile_now(sock.fileno(), local.fd, 0, count)
             finally:
                 if cork and not transport.is_closing():
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # type: ignore[union-attr]
@@ -565,7 +565,7 @@ class FastProtocol(asyncio.Protocol):
             with local:
                 if transport is None or transport.is_closing():
                     raise ConnectionResetError("client went away")
-                sock = _plain_socket(transport)
+                sock = plain_socket(transport)
                 if (
                     sock is not None
                     and transport.get_write_buffer_size() == 0
@@ -574,7 +574,7 @@ class FastProtocol(asyncio.Protocol):
                     await self._pump(sock.fileno(), local.fd, sent, count)
                 else:
                     with os.fdopen(os.dup(local.fd), "rb", buffering=0) as copy:
-                        await _sendfile_bounded(
+                        await sendfile_bounded(
                             transport, copy, sent, count - sent, self.server.write_timeout
                         )
         except (ConnectionError, asyncio.CancelledError) as error:
@@ -597,7 +597,7 @@ class FastProtocol(asyncio.Protocol):
 
     async def _pump(self, sock_fd: int, fd: int, offset: int, end: int) -> None:
         """sendfile(2) each time the socket can take more, until ``end``; each slice of
-        SENDFILE_SLICE bytes bounded by ``timeouts.write``, as ``_sendfile_bounded``.
+        SENDFILE_SLICE bytes bounded by ``timeouts.write``, as ``sendfile_bounded``.
 
         ``loop.sendfile`` removes and re-adds its writer on the socket between any two
         sendfile calls (two epoll_ctl each time); this one stays registered until done. The

@@ -93,7 +93,7 @@ SMALL_FILES_BUDGET = 32 * 1024 * 1024  # bytes a worker keeps at most
 CORK_LIMIT = 1024 * 1024  # bodies up to this size leave corked behind their headers
 
 
-async def _sendfile_bounded(
+async def sendfile_bounded(
     transport: asyncio.BaseTransport,
     handle: BinaryIO,
     offset: int,
@@ -141,7 +141,7 @@ def open_regular_file(path: str) -> tuple[BinaryIO, os.stat_result] | None:
 
 
 @lru_cache(maxsize=4096)
-def _validators(mtime_ns: int, size: int, mtime: float) -> tuple[str, str]:
+def validators(mtime_ns: int, size: int, mtime: float) -> tuple[str, str]:
     """ETag and Last-Modified of one file version (formatting a date is slow; files repeat)."""
     return f'"{mtime_ns:x}-{size:x}"', formatdate(mtime, usegmt=True)
 
@@ -169,7 +169,7 @@ async def _send(
     headers: dict[str, str] | None,
 ) -> web.StreamResponse:
     size = st.st_size
-    etag, last_modified = _validators(st.st_mtime_ns, size, st.st_mtime)
+    etag, last_modified = validators(st.st_mtime_ns, size, st.st_mtime)
     response_headers = {
         "Content-Type": content_type,
         "ETag": etag,
@@ -218,7 +218,7 @@ async def _send(
     response = web.StreamResponse(status=status, headers=response_headers)
     response.content_length = count
     transport = request.transport
-    sock = _plain_socket(transport)
+    sock = plain_socket(transport)
     # Cork: the headers and the body leave in full packets, as nginx does with tcp_nopush;
     # uncorked below, whatever happens. Not for large bodies, where it gains nothing and
     # was measured to cost about a quarter more CPU per 5 MB response.
@@ -232,7 +232,7 @@ async def _send(
             raise ConnectionResetError("client went away")
         sent = 0
         if sock is not None and transport.get_write_buffer_size() == 0:
-            sent = _sendfile_now(sock.fileno(), fd, first, count)
+            sent = sendfile_now(sock.fileno(), fd, first, count)
     finally:
         if cork:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
@@ -240,15 +240,15 @@ async def _send(
         remaining = (transport, first + sent, count - sent, request.get(WRITE_TIMEOUT_KEY))
         if handle is None:
             with os.fdopen(os.dup(fd), "rb", buffering=0) as copy:  # loop.sendfile wants one
-                await _sendfile_bounded(remaining[0], copy, *remaining[1:])
+                await sendfile_bounded(remaining[0], copy, *remaining[1:])
         else:
-            await _sendfile_bounded(remaining[0], handle, *remaining[1:])
+            await sendfile_bounded(remaining[0], handle, *remaining[1:])
     request["bytes_sent"] = count  # sendfile bypasses the writer's byte count
     await response.write_eof()
     return response
 
 
-def _plain_socket(transport: asyncio.BaseTransport | None) -> TransportSocket | None:
+def plain_socket(transport: asyncio.BaseTransport | None) -> TransportSocket | None:
     """The socket under a plain TCP transport; None under TLS (bytes must go through it)."""
     if transport is None or transport.get_extra_info("ssl_object") is not None:
         return None
@@ -258,7 +258,7 @@ def _plain_socket(transport: asyncio.BaseTransport | None) -> TransportSocket | 
     return sock
 
 
-def _sendfile_now(sock_fd: int, fd: int, offset: int, count: int) -> int:
+def sendfile_now(sock_fd: int, fd: int, offset: int, count: int) -> int:
     """As much of the body as the socket takes right now, without a trip through the event
     loop (``loop.sendfile`` pauses the transport, waits for its buffer and registers the
     socket with the selector: more work than sending a small file). Bytes left over go the
