@@ -97,6 +97,47 @@ def format_combined(
     return line.encode("utf-8", "backslashreplace")
 
 
+def format_entry(
+    log_format: str,
+    *,
+    method: str,
+    path: str,
+    version: str,
+    status: int,
+    size: int,
+    seconds: float,
+    client_ip: str,
+    user_agent: str,
+    referer: str,
+    proxied: bool,
+) -> bytes:
+    """One access-log line in the configured format (``log.format``)."""
+    if log_format == "combined":
+        return format_combined(
+            moment=time.time(),
+            method=method,
+            path=path,
+            version=version,
+            status=status,
+            size=size,
+            client_ip=client_ip,
+            user_agent=user_agent,
+            referer=referer,
+        )
+    return format_mirror_json(
+        moment=time.time(),
+        method=method,
+        path=path,
+        status=status,
+        size=size,
+        duration_ms=int(seconds * 1000),
+        client_ip=client_ip,
+        user_agent=user_agent,
+        referer=referer,
+        proxied=proxied,
+    )
+
+
 class AccessLogWriter:
     """Appends lines to the log file in batches. Every worker appends to the same file with
     O_APPEND, one write per batch, so lines from several processes never interleave."""

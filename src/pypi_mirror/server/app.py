@@ -11,8 +11,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from pypi_mirror.server.accesslog import format_combined, format_mirror_json
-from pypi_mirror.server.clientip import IPAddress, real_client_ip
+from pypi_mirror.server.accesslog import format_entry
 from pypi_mirror.server.files import handle_file
 from pypi_mirror.server.sendfile import STATUS_KEY, WRITE_TIMEOUT_KEY
 from pypi_mirror.server.simple import SimpleIndex
@@ -29,11 +28,9 @@ class Handler:
         self.simple = simple
         self.prefix = state.config.prefix
         self.write_timeout = state.config.timeouts.write
-        self.clients = ClientMemo(state)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         request[WRITE_TIMEOUT_KEY] = self.write_timeout
-        self.clients.resolve(request)
         started = time.monotonic()
         try:
             return await self.dispatch(request)
@@ -71,74 +68,28 @@ class Handler:
         return web.Response(status=404, text="not found\n")
 
 
-CLIENT_IP_KEY = "client_ip"  # where ServerState.client_ip keeps a request's address
-CLIENT_TEXT_KEY = "client_ip_text"  # the same address as the access log writes it
-
-
-class ClientMemo:
-    """The real client IP of a request, remembered per (peer, X-Forwarded-For).
-
-    Parsing addresses with ``ipaddress`` costs more than the rest of a small request; for a
-    given configuration the answer depends on those two strings only, and a server sees the
-    same few over and over. The result goes where ``ServerState.client_ip`` keeps it.
-    """
-
-    LIMIT = 10_000
-
-    def __init__(self, state: ServerState) -> None:
-        self._trusted = state.config.trusted_proxies
-        self._known: dict[tuple[str | None, str | None], tuple[IPAddress | None, str]] = {}
-
-    def resolve(self, request: web.BaseRequest) -> None:
-        remote = request.remote
-        key = (remote, request.headers.get("X-Forwarded-For"))
-        known = self._known.get(key)
-        if known is None:
-            address = real_client_ip(remote, key[1], self._trusted)
-            known = (address, str(address) if address is not None else (remote or "-"))
-            if len(self._known) >= self.LIMIT:
-                self._known.clear()
-            self._known[key] = known
-        request[CLIENT_IP_KEY], request[CLIENT_TEXT_KEY] = known
-
-
 def write_access_entry(
     state: ServerState, request: web.BaseRequest, status: int, size: int, seconds: float
 ) -> None:
     writer = state.access_log
     if writer is None:
         return
-    client = request.get(CLIENT_TEXT_KEY)
-    if client is None:
-        address = state.client_ip(request)
-        client = str(address) if address is not None else (request.remote or "-")
     headers = request.headers
-    if state.config.log.format == "combined":
-        line = format_combined(
-            moment=time.time(),
+    writer.write(
+        format_entry(
+            state.config.log.format,
             method=request.method,
             path=request.raw_path,
             version=f"{request.version.major}.{request.version.minor}",
             status=status,
             size=size,
-            client_ip=client,
-            user_agent=headers.get("User-Agent", ""),
-            referer=headers.get("Referer", ""),
-        )
-    else:
-        line = format_mirror_json(
-            moment=time.time(),
-            method=request.method,
-            path=request.raw_path,
-            status=status,
-            size=size,
-            duration_ms=int(seconds * 1000),
-            client_ip=client,
+            seconds=seconds,
+            client_ip=state.client(request)[1],
             user_agent=headers.get("User-Agent", ""),
             referer=headers.get("Referer", ""),
             proxied=bool(request.get("proxied")),
         )
-    writer.write(line)
+    )
 
 
 def access_logger_class(state: ServerState) -> type[AbstractAccessLogger]:

@@ -66,3 +66,29 @@ def fallback_mode(address: IPAddress | None, fallback: FallbackConfig) -> str:
             if address.version == rule.cidr.version and address in rule.cidr:
                 return rule.mode
     return fallback.default
+
+
+class ClientResolver:
+    """``real_client_ip`` remembered per (peer, X-Forwarded-For), with the address as text.
+
+    Parsing addresses costs more than the rest of a small request; for one configuration the
+    answer depends on those two strings only, and a server sees the same few over and over.
+    Bounded: clients choose the strings.
+    """
+
+    LIMIT = 10_000
+
+    def __init__(self, trusted: Sequence[IPNetwork]) -> None:
+        self._trusted = trusted
+        self._known: dict[tuple[str | None, str | None], tuple[IPAddress | None, str]] = {}
+
+    def resolve(self, peer: str | None, forwarded_for: str | None) -> tuple[IPAddress | None, str]:
+        key = (peer, forwarded_for)
+        known = self._known.get(key)
+        if known is None:
+            address = real_client_ip(peer, forwarded_for, self._trusted)
+            known = (address, str(address) if address is not None else (peer or "-"))
+            if len(self._known) >= self.LIMIT:
+                self._known.clear()
+            self._known[key] = known
+        return known

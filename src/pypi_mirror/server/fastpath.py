@@ -35,8 +35,8 @@ from aiohttp.http import SERVER_SOFTWARE
 
 from pypi_mirror.cache.votes import is_bot
 from pypi_mirror.names import is_valid_file_path, is_valid_project_name, normalize
-from pypi_mirror.server.accesslog import format_combined, format_mirror_json
-from pypi_mirror.server.clientip import IPAddress, real_client_ip, vote_prefix
+from pypi_mirror.server.accesslog import format_entry
+from pypi_mirror.server.clientip import IPAddress, vote_prefix
 from pypi_mirror.server.files import content_type_of
 from pypi_mirror.server.negotiate import V1_JSON, choose_content_type
 from pypi_mirror.server.ondemand import OnDemandIndex
@@ -111,8 +111,7 @@ class FastServer:
         self.idle_timeout = config.timeouts.idle
         self.page_ttl = config.upstream.page_ttl
         self.write_timeout = config.timeouts.write
-        self.trusted = config.trusted_proxies
-        self.combined = config.log.format == "combined"
+        self.log_format = config.log.format
         self.access_log = state.access_log
         self.votes = state.votes
         self.tier0 = state.repo.tiers[0].path if state.repo.tiers else None
@@ -121,7 +120,6 @@ class FastServer:
         # Memos of pure functions of request strings (bounded: clients choose them).
         self._names: dict[str, bool] = {}
         self._chosen: dict[str | None, str | None] = {}
-        self._clients: dict[tuple[str | None, str | None], tuple[IPAddress | None, str]] = {}
         self._prefixes: dict[IPAddress, str] = {}
         self._header_names: set[bytes] = set()
         # Raw request head → its parse (clients send the same few heads over and over).
@@ -150,13 +148,7 @@ class FastServer:
             return _remember(self._chosen, accept, choose_content_type(accept, None))  # type: ignore[no-any-return]
 
     def client(self, remote: str | None, forwarded: str | None) -> tuple[IPAddress | None, str]:
-        key = (remote, forwarded)
-        known = self._clients.get(key)
-        if known is None:
-            address = real_client_ip(remote, forwarded, self.trusted)
-            known = (address, str(address) if address is not None else (remote or "-"))
-            _remember(self._clients, key, known)
-        return known
+        return self.state.clients.resolve(remote, forwarded)
 
     def prefix_of(self, address: IPAddress) -> str:
         known = self._prefixes.get(address)
@@ -639,32 +631,19 @@ class FastProtocol(asyncio.Protocol):
         writer = self.server.access_log
         if writer is None:
             return
-        client = self.server.client(self.remote, head.forwarded)[1]
-        if self.server.combined:
-            line = format_combined(
-                moment=time.time(),
-                method=head.method,
-                path=head.target,
-                version=head.version,
-                status=status,
-                size=size,
-                client_ip=client,
-                user_agent=head.user_agent or "",
-                referer=head.referer,
-            )
-        else:
-            line = format_mirror_json(
-                moment=time.time(),
-                method=head.method,
-                path=head.target,
-                status=status,
-                size=size,
-                duration_ms=int((time.monotonic() - started) * 1000),
-                client_ip=client,
-                user_agent=head.user_agent or "",
-                referer=head.referer,
-                proxied=False,
-            )
+        line = format_entry(
+            self.server.log_format,
+            method=head.method,
+            path=head.target,
+            version=head.version,
+            status=status,
+            size=size,
+            seconds=time.monotonic() - started,
+            client_ip=self.server.client(self.remote, head.forwarded)[1],
+            user_agent=head.user_agent or "",
+            referer=head.referer,
+            proxied=False,
+        )
         writer.write(line)
 
     # -- hand-off, timers, shutdown --------------------------------------------------------

@@ -13,8 +13,10 @@ from pypi_mirror.config import Config
 from pypi_mirror.names import is_valid_file_path
 from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import AccessLogWriter
-from pypi_mirror.server.clientip import IPAddress, real_client_ip, vote_prefix
+from pypi_mirror.server.clientip import ClientResolver, IPAddress, vote_prefix
 from pypi_mirror.upstream import UpstreamUrls, make_session
+
+CLIENT_KEY = "client"  # (address, text) of the real client, on each request
 
 
 @dataclass
@@ -25,6 +27,10 @@ class ServerState:
     votes: VoteRecorder
     access_log: AccessLogWriter | None
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
+    clients: ClientResolver = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.clients = ClientResolver(self.config.trusted_proxies)
 
     def session(self) -> aiohttp.ClientSession:
         """The upstream session, made on first use inside the running loop."""
@@ -37,13 +43,17 @@ class ServerState:
             await self._session.close()
 
     def client_ip(self, request: web.BaseRequest) -> IPAddress | None:
-        if "client_ip" not in request:
-            request["client_ip"] = real_client_ip(
-                request.remote,
-                request.headers.get("X-Forwarded-For"),
-                self.config.trusted_proxies,
+        return self.client(request)[0]
+
+    def client(self, request: web.BaseRequest) -> tuple[IPAddress | None, str]:
+        """The request's real client address, and as the access log writes it (kept on the
+        request: asked for by the vote and by the log line)."""
+        known = request.get(CLIENT_KEY)
+        if known is None:
+            known = request[CLIENT_KEY] = self.clients.resolve(
+                request.remote, request.headers.get("X-Forwarded-For")
             )
-        return request["client_ip"]
+        return known
 
     def vote(self, request: web.BaseRequest, path: str) -> None:
         """One download of ``path``: queue a vote unless a bot asked. Never blocks."""
