@@ -23,9 +23,10 @@ import yaml
 
 from pypi_mirror.config import Config, config_from_dict
 from pypi_mirror.db import Database, LocalFile
-from pypi_mirror.index import sync as sync_module
+from pypi_mirror.index import root as root_module
 from pypi_mirror.index.render import render_root_html, render_root_json
-from pypi_mirror.index.sync import SyncTuning, write_root_index
+from pypi_mirror.index.root import write_root_index
+from pypi_mirror.index.sync import SyncTuning
 from pypi_mirror.progress import Progress
 from pypi_mirror.repo import TEMP_PREFIX, Repo
 from pypi_mirror.sync_job import INDEX_LOCK, exclusive, run_sync
@@ -628,7 +629,7 @@ def test_root_index_written_in_slices_equals_one_rendering(
     projects = [(f"p{i:04d}", 1000 + i) for i in range(23)]
     for name, serial in projects:
         db.set_serial(name, serial)
-    monkeypatch.setattr(sync_module, "ROOT_CHUNK", 5)
+    monkeypatch.setattr(root_module, "ROOT_CHUNK", 5)
     # What killed runs left behind: an old half-written page goes, a young one (perhaps a
     # live writer's) stays.
     repo.root_staging_dir.mkdir(parents=True)

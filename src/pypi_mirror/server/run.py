@@ -22,7 +22,7 @@ from aiohttp import web
 from pypi_mirror.cache.votes import VoteRecorder
 from pypi_mirror.config import Config
 from pypi_mirror.db import Database
-from pypi_mirror.index.sync import GLOBAL_SERIAL_KEY, write_root_index
+from pypi_mirror.index.root import GLOBAL_SERIAL_KEY, write_root_index
 from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import FLUSH_INTERVAL, AccessLogWriter
 from pypi_mirror.server.app import Handler, access_logger_class
