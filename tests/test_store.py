@@ -124,3 +124,19 @@ def test_delete_project_pages(repo: Repo, db: Database) -> None:
     assert db.get_serial("flask-login") is not None
     delete_project_pages(repo, db, "six")
     assert repo.simple_dir.is_dir()
+
+
+def test_scan_tier_same_files_with_one_or_many_threads(tmp_path: Path) -> None:
+    """The threaded walk (sampled first, then a pool) finds exactly what a plain walk finds."""
+    repo = Repo(config_from_dict({"repo_path": str(tmp_path / "repo")}))
+    repo.create_folders()
+    expected = set()
+    for i in range(60):  # more top-level folders than the sample, so the pool runs too
+        path = f"{i:02x}/{(i * 7) % 256:02x}/{i:060x}/pkg{i}-1.0.tar.gz"
+        target = repo.tier_file(0, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"x")
+        expected.add(path)
+    assert set(repo.scan_tier(0, workers=1)) == expected
+    many = list(repo.scan_tier(0, workers=16))
+    assert sorted(many) == sorted(expected)
