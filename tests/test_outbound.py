@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import ssl
 import subprocess
 import urllib.request
@@ -46,6 +47,7 @@ def test_outbound_requests_use_the_configured_proxy(
     assert seen and {r.headers.get("User-Agent") for r in seen} == {"mirror-test-agent/7"}
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_tls(tmp_path: Path, upstream: FakePyPI) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
