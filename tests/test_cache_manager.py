@@ -637,6 +637,25 @@ async def test_after_a_crash_the_next_run_makes_the_database_agree_with_the_disk
     world.assert_db_agrees_with_disk()
 
 
+async def test_cleanup_drops_old_votes_and_rows_of_vanished_files(world: World) -> None:
+    kept, gone = world.publish("ea", size=100), world.publish("eb", size=100)
+    world.hold_index("ea", "eb")
+    world.limits = [10**6, 10**6]
+    world.vote(kept.path, 2)
+    world.vote(kept.path, 1, when=NOW - 30 * DAY)  # outside vote_window
+    world.vote(gone.path, 1)  # below min_vote_count: never fetched again
+    world.db.set_local_files([LocalFile(gone.path, gone.size, 0)])  # its file is not on disk
+    votes_before = world.db.vote_count()
+
+    result = await world.run()
+
+    assert result.votes_dropped == 1 and world.db.vote_count() == votes_before - 1
+    assert gone.path not in world.db.local_files_map()
+    assert "cleanup dropped 1 old votes" in result.summary()
+    assert "1 rows of files no longer on disk" in result.summary()
+    world.assert_db_agrees_with_disk()
+
+
 KILLED_RUN = """
 import asyncio, sys, threading, time
 from pathlib import Path

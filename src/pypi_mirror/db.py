@@ -213,22 +213,15 @@ class Database:
     def delete_serial(self, name: str) -> None:
         self.conn.execute("DELETE FROM serials WHERE name = ?", (name,))
 
-    def all_serials(self) -> dict[str, int]:
-        return dict(self.conn.execute("SELECT name, serial FROM serials"))
+    def max_serial(self) -> int:
+        """The highest project serial held (0 when none)."""
+        return int(self.conn.execute("SELECT COALESCE(MAX(serial), 0) FROM serials").fetchone()[0])
 
     def iter_serials_sorted(self) -> Iterator[tuple[str, int]]:
         """Every known project with its serial, by name (for the root index)."""
         yield from self.conn.execute("SELECT name, serial FROM serials ORDER BY name")
 
     # -- local_sizes -----------------------------------------------------------------------
-
-    def local_file(self, path: str) -> LocalFile | None:
-        row = self.conn.execute(
-            "SELECT l.size, l.tier FROM local_sizes l JOIN files f ON f.id = l.file_id "
-            "WHERE f.path = ?",
-            (path,),
-        ).fetchone()
-        return None if row is None else LocalFile(path, int(row[0]), int(row[1]))
 
     def set_local_files(self, files: Iterable[LocalFile]) -> None:
         files = list(files)
@@ -256,18 +249,6 @@ class Database:
         ]
 
     # -- remote_sizes ----------------------------------------------------------------------
-
-    def get_remote_size(
-        self, path: str, max_age: float, now: float | None = None
-    ) -> tuple[bool, int | None]:
-        """(known, size): size None means the upstream answered 404 when last asked."""
-        now = time.time() if now is None else now
-        row = self.conn.execute(
-            "SELECT r.size FROM remote_sizes r JOIN files f ON f.id = r.file_id "
-            "WHERE f.path = ? AND r.checked_at > ?",
-            (path, now - max_age),
-        ).fetchone()
-        return (False, None) if row is None else (True, row[0])
 
     def set_remote_sizes(
         self, sizes: Iterable[tuple[str, int | None]], now: float | None = None

@@ -136,11 +136,6 @@ class Progress:
         if self._rich is not None:
             self._rich.update(self._task, completed=self.done)
 
-    def set_total(self, total: int) -> None:
-        self.total = total
-        if self._rich is not None:
-            self._rich.update(self._task, total=total or None)
-
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self._started

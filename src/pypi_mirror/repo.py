@@ -48,14 +48,6 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX)
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _create_temp(temp: Path) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
@@ -250,14 +242,6 @@ class Repo:
             raise ValueError(f"not a PyPI file path: {path!r}")
         return self.tiers[tier].path / path
 
-    def find_file(self, path: str) -> tuple[Path, int] | None:
-        """The local copy of a file, hottest tier first."""
-        for tier in self.tiers:
-            candidate = self.tier_file(tier.index, path)
-            if candidate.is_file():
-                return candidate, tier.index
-        return None
-
     def delete_file(self, tier: int, path: str) -> None:
         target = self.tier_file(tier, path)
         target.unlink(missing_ok=True)
@@ -267,15 +251,6 @@ class Repo:
         source = self.tier_file(source_tier, path)
         move_file(source, self.tier_file(target_tier, path))
         remove_empty_parents(source.parent, self.tiers[source_tier].path)
-
-    def walk_tier(self, tier: int) -> Iterator[tuple[str, Path]]:
-        """(file path, absolute path) of every entry in a tier, temporary files included."""
-        base = self.tiers[tier].path
-        base_len = len(str(base)) + 1
-        for folder, _dirs, names in os.walk(base):
-            for name in names:
-                full = os.path.join(folder, name)
-                yield full[base_len:], Path(full)
 
     def scan_tier(self, tier: int, *, workers: int = 1) -> Iterator[str]:
         """The relative path of every regular file in a tier, temporary files included.

@@ -89,6 +89,12 @@ def format_summary(result: CacheResult) -> list[str]:
             f"cache: {result.temp_removed:,} leftover temporary files removed, "
             f"{result.invalid_paths:,} unexpected files ignored"
         )
+    if result.votes_dropped or result.remote_sizes_dropped or result.local_rows_dropped:
+        lines.append(
+            f"cache: cleanup dropped {result.votes_dropped:,} old votes, "
+            f"{result.remote_sizes_dropped:,} old remote sizes and "
+            f"{result.local_rows_dropped:,} rows of files no longer on disk"
+        )
     if result.phase_seconds:
         timings = ", ".join(
             f"{phase} {format_duration(seconds)}" for phase, seconds in result.phase_seconds.items()

@@ -35,7 +35,6 @@ class VoteRecorder:
         self._dedup_window = dedup_window
         self._queue: queue.Queue[Vote | None] = queue.Queue(maxsize=capacity)
         self._thread = threading.Thread(target=self._run, name="vote-writer", daemon=True)
-        self.accepted = 0
         self.dropped = 0
         self.stored = 0
         self.failed = 0
@@ -51,7 +50,6 @@ class VoteRecorder:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("vote queue full: %d votes dropped so far", self.dropped)
             return False
-        self.accepted += 1
         return True
 
     def close(self, timeout: float = 30.0) -> None:

@@ -95,10 +95,6 @@ class IndexSyncResult:
     seconds: float = 0.0
     root_seconds: float = 0.0
 
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.interrupted and self.aborted is None
-
     def summary(self, limit: int = 20) -> str:
         lines = [
             f"index sync: {self.new} new, {self.updated} updated, {self.removed} removed, "
@@ -339,6 +335,11 @@ async def list_upstream(
             with Progress("listing the upstream", 0, unit="projects", bar=progress_bar) as seen:
                 listing = await fetch_serials(session, UpstreamUrls(config), source, seen.advance)
                 seen.advance(listing.entries - seen.done)
+                if listing.invalid_names:
+                    log.warning(
+                        "the upstream listed %d names that are not project names (ignored)",
+                        listing.invalid_names,
+                    )
                 return listing
         except UpstreamError as error:
             if attempt >= config.sync.retry:

@@ -147,7 +147,6 @@ class AccessLogWriter:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._fd: int | None = None
-        self._last_flush = time.monotonic()
         self.open()
 
     def open(self) -> None:
@@ -172,7 +171,6 @@ class AccessLogWriter:
             self.flush()
 
     def flush(self) -> None:
-        self._last_flush = time.monotonic()
         if not self._buffer or self._fd is None:
             return
         data = b"".join(self._buffer)

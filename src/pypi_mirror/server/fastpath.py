@@ -33,10 +33,9 @@ from collections.abc import Callable
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 
-from pypi_mirror.cache.votes import is_bot
 from pypi_mirror.names import is_valid_file_path, is_valid_project_name, normalize
 from pypi_mirror.server.accesslog import format_entry
-from pypi_mirror.server.clientip import IPAddress, vote_prefix
+from pypi_mirror.server.clientip import IPAddress
 from pypi_mirror.server.files import content_type_of
 from pypi_mirror.server.negotiate import V1_JSON, choose_content_type
 from pypi_mirror.server.ondemand import OnDemandIndex
@@ -113,14 +112,12 @@ class FastServer:
         self.write_timeout = config.timeouts.write
         self.log_format = config.log.format
         self.access_log = state.access_log
-        self.votes = state.votes
         self.tier0 = state.repo.tiers[0].path if state.repo.tiers else None
         self.connections: set[FastProtocol] = set()
         self.closing = False
         # Memos of pure functions of request strings (bounded: clients choose them).
         self._names: dict[str, bool] = {}
         self._chosen: dict[str | None, str | None] = {}
-        self._prefixes: dict[IPAddress, str] = {}
         self._header_names: set[bytes] = set()
         # Raw request head → its parse (clients send the same few heads over and over).
         self.heads: dict[bytes, _Head | None] = {}
@@ -149,12 +146,6 @@ class FastServer:
 
     def client(self, remote: str | None, forwarded: str | None) -> tuple[IPAddress | None, str]:
         return self.state.clients.resolve(remote, forwarded)
-
-    def prefix_of(self, address: IPAddress) -> str:
-        known = self._prefixes.get(address)
-        if known is None:
-            known = _remember(self._prefixes, address, vote_prefix(address))
-        return known
 
     def valid_header_name(self, name: bytes) -> bool:
         if name in self._header_names:
@@ -611,10 +602,9 @@ class FastProtocol(asyncio.Protocol):
                 loop._remove_writer(sock_fd)  # type: ignore[attr-defined]
 
     def _finish(self, head: _Head, size: int, started: float, vote: str | None) -> None:
-        if vote is not None and head.method == "GET" and not is_bot(head.user_agent):
+        if vote is not None and head.method == "GET":
             address = self.server.client(self.remote, head.forwarded)[0]
-            if address is not None:
-                self.server.votes.record(vote, self.server.prefix_of(address), time.time())
+            self.server.state.vote_for(vote, address, head.user_agent)
         self._log(head, 200, size, started)
 
     def _after_response(self, keep_alive: bool) -> None:

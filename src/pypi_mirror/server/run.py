@@ -250,9 +250,7 @@ def _ensure_root_index(repo: Repo, db: Database) -> None:
     if repo.root_html.exists() and repo.root_json.exists():
         return
     stored = db.get_setting(GLOBAL_SERIAL_KEY)
-    serial = (
-        int(stored) if stored and stored.isdigit() else max(db.all_serials().values(), default=0)
-    )
+    serial = int(stored) if stored and stored.isdigit() else db.max_serial()
     write_root_index(repo, db, serial)
 
 

@@ -10,12 +10,12 @@ from aiohttp import web
 
 from pypi_mirror.cache.votes import VoteRecorder, is_bot
 from pypi_mirror.config import Config
-from pypi_mirror.names import is_valid_file_path
 from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import AccessLogWriter
 from pypi_mirror.server.clientip import ClientResolver, IPAddress, vote_prefix
 from pypi_mirror.upstream import UpstreamUrls, make_session
 
+PREFIX_MEMO_LIMIT = 10_000
 CLIENT_KEY = "client"  # (address, text) of the real client, on each request
 
 
@@ -28,6 +28,7 @@ class ServerState:
     access_log: AccessLogWriter | None
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
     clients: ClientResolver = field(init=False, repr=False)
+    _prefixes: dict[IPAddress, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.clients = ClientResolver(self.config.trusted_proxies)
@@ -56,9 +57,16 @@ class ServerState:
         return known
 
     def vote(self, request: web.BaseRequest, path: str) -> None:
-        """One download of ``path``: queue a vote unless a bot asked. Never blocks."""
-        if not is_valid_file_path(path) or is_bot(request.headers.get("User-Agent")):
+        """One download of ``path`` (already validated) through aiohttp."""
+        self.vote_for(path, self.client_ip(request), request.headers.get("User-Agent"))
+
+    def vote_for(self, path: str, address: IPAddress | None, user_agent: str | None) -> None:
+        """Queue a vote for ``path`` unless a bot asked. Never blocks."""
+        if address is None or is_bot(user_agent):
             return
-        address = self.client_ip(request)
-        if address is not None:
-            self.votes.record(path, vote_prefix(address), time.time())
+        prefix = self._prefixes.get(address)
+        if prefix is None:
+            if len(self._prefixes) >= PREFIX_MEMO_LIMIT:
+                self._prefixes.clear()
+            prefix = self._prefixes[address] = vote_prefix(address)
+        self.votes.record(path, prefix, time.time())
