@@ -352,8 +352,6 @@ MALFORMED: dict[str, tuple[bytes, tuple[int, ...]]] = {
     "non-token-name-utf8": (GOOD + "X-Ä: b\r\n\r\n".encode(), (400,)),
     "empty-name": (GOOD + b": b\r\n\r\n", (400,)),
     "no-colon": (GOOD + b"X-A b\r\n\r\n", (400,)),
-    "double-space-after-method": (b"GET  /pypi/simple/demo/ HTTP/1.1\r\nHost: x\r\n\r\n", (400,)),
-    "double-space-before-version": (b"GET /pypi/simple/demo/  HTTP/1.1\r\nHost: x\r\n\r\n", (400,)),
     "trailing-space": (b"GET /pypi/simple/demo/ HTTP/1.1 \r\nHost: x\r\n\r\n", (400,)),
     "leading-space": (b" GET /pypi/simple/demo/ HTTP/1.1\r\nHost: x\r\n\r\n", (400,)),
     "tab-separator": (b"GET\t/pypi/simple/demo/ HTTP/1.1\r\nHost: x\r\n\r\n", (400,)),
@@ -446,6 +444,10 @@ def test_non_http_bytes_refused_without_waiting(served: Served, name: str) -> No
 # Parseable but unusual: any clean answer will do, as long as it is not a 5xx and comes fast.
 ODD = {
     "http11-without-host": b"GET /pypi/simple/demo/ HTTP/1.1\r\n\r\n",
+    # llhttp reads runs of spaces in the request line as one (RFC 9112 allows it): with one
+    # parser there is nobody to disagree with, so a clean answer is right.
+    "double-space-after-method": b"GET  /pypi/simple/demo/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    "double-space-before-version": b"GET /pypi/simple/demo/  HTTP/1.1\r\nHost: x\r\n\r\n",
     "two-hosts": GOOD + b"Host: y\r\n\r\n",
     "unknown-method": request(PAGE, method="BREW"),
     "lowercase-method": request(PAGE, method="get"),

@@ -17,7 +17,7 @@ from pypi_mirror.config import FallbackConfig
 from pypi_mirror.db import Database
 from pypi_mirror.server.clientip import fallback_mode, parse_ip, real_client_ip, vote_prefix
 from pypi_mirror.server.negotiate import TEXT_HTML, V1_HTML, V1_JSON, choose_content_type
-from pypi_mirror.server.sendfile import UNSATISFIABLE, parse_range
+from pypi_mirror.server.localfile import UNSATISFIABLE, parse_range
 
 TRUSTED = [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8")]
 
@@ -96,10 +96,23 @@ def test_fallback_rules_first_match_wins() -> None:
         ("items=0-1", 100, None),
         ("bytes=a-b", 100, None),
         (None, 100, None),
+        ("bytes=\u00b2-\u00b3", 100, None),  # Unicode digits pass str.isdigit(): not ours
+        ("bytes=\u0661-", 100, None),
+        ("bytes=0-" + "9" * 5000, 100, (0, 99)),  # beyond int()'s 4,300-digit limit
+        ("bytes=" + "9" * 5000 + "-", 100, UNSATISFIABLE),
+        ("bytes=-" + "9" * 5000, 100, (0, 99)),
+        (" bytes = 1 - 2 ", 100, (1, 2)),
     ],
 )
 def test_parse_range(header: str | None, size: int, expected: object) -> None:
     assert parse_range(header, size) == expected
+
+
+@given(st.text(max_size=60), st.integers(min_value=0, max_value=10**12))
+def test_parse_range_never_raises(header: str, size: int) -> None:
+    chosen = parse_range(header, size)
+    if isinstance(chosen, tuple):
+        assert 0 <= chosen[0] <= chosen[1] < size
 
 
 def test_bots() -> None:

@@ -135,9 +135,17 @@ def test_on_demand_page_refreshed_after_ttl(tmp_path: Path, upstream: FakePyPI) 
         upstream.add_wheel("demo-pkg", "2.0")
         assert b"demo_pkg-2.0" not in http(mirror.simple + "demo-pkg/").body  # still fresh
         time.sleep(1.3)
-        page = http(mirror.simple + "demo-pkg/")
-        assert b"demo_pkg-2.0" in page.body
+        # Stale-while-revalidate: the stale page answers at once and starts one refresh...
+        stale = http(mirror.simple + "demo-pkg/")
+        assert stale.status == 200
+        assert b"demo_pkg-2.0" not in stale.body
+        # ...whose result the next requests get.
+        page = mirror.wait_for(
+            lambda: (r := http(mirror.simple + "demo-pkg/")).body.count(b"demo_pkg-2.0") and r
+        )
+        assert page, "the stale page was never refreshed"
         assert page.headers["x-pypi-last-serial"] == str(upstream.project_serial("demo-pkg"))
+        assert len(upstream.requests_matching("/pypi/demo-pkg/json")) == 2
 
 
 def test_stale_page_kept_when_refresh_fails(tmp_path: Path, upstream: FakePyPI) -> None:

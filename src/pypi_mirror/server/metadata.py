@@ -24,13 +24,13 @@ import zlib
 from dataclasses import dataclass, field
 
 import aiohttp
-from aiohttp import web
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from pypi_mirror.index.store import load_index_files
 from pypi_mirror.names import METADATA_SUFFIX, filename_of, is_valid_file_path, normalize
 from pypi_mirror.repo import Repo, atomic_write
-from pypi_mirror.server.sendfile import open_regular_file, send_file
+from pypi_mirror.server.http import Request, Response, text
+from pypi_mirror.server.localfile import LocalFile, answer_file, open_regular_fd
 from pypi_mirror.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -289,12 +289,12 @@ def advertised_metadata_sha256(repo: Repo, dist_path: str) -> str | None:
 
 
 def _read_local(repo: Repo, path: str) -> bytes | None:
-    opened = open_regular_file(str(repo.tier_file(0, path)))
+    opened = open_regular_fd(str(repo.tier_file(0, path)))
     if opened is None:
         return None
-    handle, _st = opened
-    with handle:
-        return handle.read()
+    fd, st = opened
+    with open(fd, "rb") as handle:
+        return handle.read(st.st_size)
 
 
 def _store(repo: Repo, path: str, data: bytes) -> None:
@@ -397,19 +397,17 @@ async def _from_wheel(state: ServerState, path: str, dist_path: str) -> Outcome:
 # -- the request handler -------------------------------------------------------------------
 
 
-async def serve_remote_metadata(
-    request: web.BaseRequest, state: ServerState, path: str
-) -> web.StreamResponse:
+async def serve_remote_metadata(request: Request, state: ServerState, path: str) -> Response:
     """Answer a ``.metadata`` request that no tier could: never a redirect (see above)."""
     outcome = await obtain_metadata(state, path)
     if outcome.status != 200:
-        return web.Response(status=outcome.status, text=outcome.reason + "\n")
+        return text(outcome.status, outcome.reason)
     if outcome.fetched:
-        request["proxied"] = True
+        request.proxied = True
     if outcome.stored:
         # The same path as every local file: ETag, Range, HEAD, conditional requests.
-        opened = open_regular_file(str(state.repo.tier_file(0, path)))
+        opened = open_regular_fd(str(state.repo.tier_file(0, path)))
         if opened is not None:
-            handle, st = opened
-            return await send_file(request, handle, st, content_type=CONTENT_TYPE)
-    return web.Response(body=outcome.body, headers={"Content-Type": CONTENT_TYPE})
+            fd, st = opened
+            return answer_file(request, LocalFile(st, None, fd), CONTENT_TYPE)
+    return Response(200, [("Content-Type", CONTENT_TYPE)], outcome.body)

@@ -3,6 +3,16 @@ upstream JSON API, rendered by the one renderer, written atomically and served.
 
 One upstream fetch per project at a time: within a worker by a shared future, across
 workers by a lock file (the loser re-checks and finds the page written).
+
+Locking, and why it cannot deadlock: project names hash to LOCK_SLOTS lock files. Within a
+worker, an asyncio.Lock per slot lets one fetch at a time touch that slot's lock file, so the
+worker never waits on its own flock. The flock itself is only ever tried with LOCK_NB on the
+event loop, between short asyncio sleeps: no thread ever blocks on it, so the executor (which
+only runs saves) is always free to finish the holder's work, and a waiter can be cancelled.
+The lock is released by closing the descriptor on the event loop, in a ``finally``, so also on
+cancellation. The lock only spares the upstream a duplicate fetch (pages are written atomically,
+and `sync` writes without it), so a worker that waits longer than the upstream timeout for
+another worker's slot fetches anyway rather than hang behind a wedged process.
 """
 
 from __future__ import annotations
@@ -30,6 +40,14 @@ log = logging.getLogger(__name__)
 
 NEGATIVE_TTL = 60.0  # how long an upstream 404 is remembered
 LOCK_SLOTS = 256
+# Polling another worker's lock: start fast (a fetch takes ~0.1 s), back off to a few per second.
+_LOCK_POLL_FIRST = 0.005
+_LOCK_POLL_MAX = 0.05
+
+
+def lock_slot(name: str) -> int:
+    """The lock file slot of a project name (all workers must agree on it)."""
+    return hashlib.blake2b(name.encode(), digest_size=2).digest()[0] % LOCK_SLOTS
 
 
 class UpstreamUnavailable(Exception):
@@ -49,14 +67,30 @@ class OnDemandIndex:
         self._missing: dict[str, float] = {}
         # name → (page mtime_ns, on_demand): who owns a page, remembered per page version.
         self._owner: dict[str, tuple[int, bool]] = {}
+        # Runs saves only: nothing on it ever waits for a lock (see the module docstring).
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ondemand")
         self._local = threading.local()
         self._lock_dir = config.repo_path / ".locks"
         self._lock_dir.mkdir(parents=True, exist_ok=True)
+        self._slot_locks: dict[int, asyncio.Lock] = {}  # at most LOCK_SLOTS
+        # How long to wait for another worker's slot before fetching without it: by then the
+        # holder's own upstream request has stalled for a whole timeout.
+        self._lock_patience = max(5.0, config.timeouts.upstream)
+        self._closed = False
         self.fetches = 0
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Stop: in-flight fetches are cancelled (their locks released), queued saves dropped.
+
+        Called at shutdown after the server drained its requests, so whatever still runs here
+        has nobody waiting for it; it must not hold the worker's exit.
+        """
+        self._closed = True
+        for pending in list(self._inflight.values()):
+            pending.cancel()
+        # A save already running finishes (the interpreter joins the thread at exit); it never
+        # waits for anything but the disk.
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- freshness -------------------------------------------------------------------------
 
@@ -104,6 +138,8 @@ class OnDemandIndex:
             return exists
         pending = self._inflight.get(name)
         if pending is None:
+            if self._closed:
+                raise UpstreamUnavailable(502)
             pending = asyncio.ensure_future(self._fetch(name, exists))
             self._inflight[name] = pending
             pending.add_done_callback(lambda _f: self._inflight.pop(name, None))
@@ -115,38 +151,73 @@ class OnDemandIndex:
             raise
 
     async def _fetch(self, name: str, existed: bool) -> bool:
-        loop = asyncio.get_running_loop()
-        lock_fd = await loop.run_in_executor(self._executor, self._acquire_lock, name)
-        try:
-            # Another worker may have fetched it while we waited for the lock.
-            exists, fetch = self.needs_fetch(name)
-            if exists and not fetch:
-                return True
-            body = await self._download(name)
-            if body is None:
-                self._missing[name] = time.monotonic() + NEGATIVE_TTL
-                if len(self._missing) > 100_000:
-                    self._missing.clear()
-                return False
+        slot = lock_slot(name)
+        lock = self._slot_locks.get(slot)
+        if lock is None:
+            lock = self._slot_locks[slot] = asyncio.Lock()
+        async with lock:
+            lock_fd = await self._lock_slot(slot)
             try:
-                await loop.run_in_executor(self._executor, self._save, body)
-            except RenderError as error:
-                log.warning("upstream JSON for %s is unusable: %s", name, error)
-                raise UpstreamUnavailable(502) from error
-            self.fetches += 1
+                return await self._fetch_locked(name)
+            finally:
+                if lock_fd is not None:
+                    os.close(lock_fd)  # releases the flock; instant, so done on the loop
+
+    async def _fetch_locked(self, name: str) -> bool:
+        # Another worker may have fetched it while we waited for the lock.
+        exists, fetch = self.needs_fetch(name)
+        if exists and not fetch:
             return True
-        finally:
-            await loop.run_in_executor(self._executor, os.close, lock_fd)
+        body = await self._download(name)
+        if body is None:
+            self._missing[name] = time.monotonic() + NEGATIVE_TTL
+            if len(self._missing) > 100_000:
+                self._missing.clear()
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._save, body)
+        except RenderError as error:
+            log.warning("upstream JSON for %s is unusable: %s", name, error)
+            raise UpstreamUnavailable(502) from error
+        self.fetches += 1
+        return True
 
     def _save(self, body: bytes) -> None:
         save_project(self._repo, self._db(), body, on_demand=True)
 
-    def _acquire_lock(self, name: str) -> int:
-        slot = hashlib.blake2b(name.encode(), digest_size=2).digest()[0] % LOCK_SLOTS
+    async def _lock_slot(self, slot: int) -> int | None:
+        """Take the slot's cross-worker lock; its descriptor, or None after too long a wait.
+
+        Only the slot's asyncio.Lock holder calls this, so the flock is never contended
+        within the worker; polling keeps every thread free and the wait cancellable.
+        """
         path: Path = self._lock_dir / f"project-{slot:03d}.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # closing the fd releases it
-        return fd
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._lock_patience
+            delay = _LOCK_POLL_FIRST
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    pass
+                if loop.time() >= deadline:
+                    log.warning(
+                        "on-demand lock %s held by another process for over %.0f s; "
+                        "fetching without it",
+                        path.name,
+                        self._lock_patience,
+                    )
+                    os.close(fd)
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _LOCK_POLL_MAX)
+        except BaseException:  # cancelled while waiting, or flock failed: no fd may leak
+            os.close(fd)
+            raise
 
     async def _download(self, name: str) -> bytes | None:
         session: aiohttp.ClientSession = self._get_session()  # type: ignore[operator]

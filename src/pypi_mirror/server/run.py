@@ -17,18 +17,15 @@ import ssl
 import sys
 import time
 
-from aiohttp import web
-
 from pypi_mirror.cache.votes import VoteRecorder
 from pypi_mirror.config import Config
 from pypi_mirror.db import Database
 from pypi_mirror.index.root import GLOBAL_SERIAL_KEY, write_root_index
 from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import FLUSH_INTERVAL, AccessLogWriter
-from pypi_mirror.server.app import Handler, access_logger_class
-from pypi_mirror.server.fastpath import FastServer, fastpath_enabled
 from pypi_mirror.server.ondemand import OnDemandIndex
-from pypi_mirror.server.readtimeout import ReadTimeoutServer
+from pypi_mirror.server.protocol import ServerContext
+from pypi_mirror.server.router import AccessLog, Router
 from pypi_mirror.server.simple import SimpleIndex
 from pypi_mirror.server.state import ServerState
 from pypi_mirror.upstream import UpstreamUrls
@@ -69,45 +66,6 @@ def _check_port_free(host: str | None, port: int) -> None:
         probe.close()
 
 
-HANDOFF_DELAY = 0.05  # seconds a vote may wait in the worker before it is queued
-HANDOFF_BATCH = 64  # ... or until this many wait
-
-
-class VoteHandoff:
-    """Hands votes to the recorder's queue in small batches instead of one by one.
-
-    Every put into the recorder's queue wakes its writer thread, and the woken thread takes
-    the GIL from the event loop: one wake-up per download cost the loop more than sending a
-    100 KB file. Here a vote waits at most HANDOFF_DELAY (or until HANDOFF_BATCH others
-    join it), then the batch goes in at once and the writer wakes once for all of it. The
-    recorder still accepts or drops each vote (its bounded queue is unchanged), and the
-    worker flushes before closing the recorder, so a graceful shutdown loses none.
-    """
-
-    def __init__(self, recorder: VoteRecorder, loop: asyncio.AbstractEventLoop) -> None:
-        self._recorder = recorder
-        self._loop = loop
-        self._pending: list[tuple[str, str, float]] = []
-        self._timer: asyncio.TimerHandle | None = None
-
-    def record(self, path: str, prefix: str, moment: float | None = None) -> bool:
-        """Take a vote for the next batch; never blocks."""
-        self._pending.append((path, prefix, time.time() if moment is None else moment))
-        if len(self._pending) >= HANDOFF_BATCH:
-            self.flush()
-        elif self._timer is None:
-            self._timer = self._loop.call_later(HANDOFF_DELAY, self.flush)
-        return True
-
-    def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        pending, self._pending = self._pending, []
-        for path, prefix, moment in pending:
-            self._recorder.record(path, prefix, moment)
-
-
 async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse_port: bool) -> int:
     loop = asyncio.get_running_loop()
     repo = Repo(config)
@@ -115,39 +73,40 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
     votes = VoteRecorder(config.repo_path / "pypi-mirror.db", config.cache.dedup_window)
     votes.start()
     access_log = AccessLogWriter(config.log.path) if config.log.path else None
-    handoff = VoteHandoff(votes, loop)
-    state = ServerState(config, repo, urls, handoff, access_log)  # type: ignore[arg-type]
+    state = ServerState(config, repo, urls, votes, access_log)
     ondemand = OnDemandIndex(config, repo, urls, state.session)
     simple = SimpleIndex(state, ondemand)
-    handler = Handler(state, simple)
-    server = ReadTimeoutServer(
-        handler,
+    context = ServerContext(
+        Router(state, simple),
+        AccessLog(state),
         read_timeout=config.timeouts.read,
-        access_log_class=access_logger_class(state),
-        access_log=logging.getLogger("pypi_mirror.access"),
-        keepalive_timeout=config.timeouts.idle,
-        max_line_size=8190,
-        max_field_size=8190,
-        max_headers=100,
+        idle_timeout=config.timeouts.idle,
+        write_timeout=config.timeouts.write,
     )
-    runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False)
-    await runner.setup()
     host, port = config.listen_host_port
-    fast: FastServer | None = None
-    listener: asyncio.Server | None = None
-    if ssl_context is None and fastpath_enabled():
-        # Plain HTTP: connections start on the fast path, which hands aiohttp the rest.
-        fast = FastServer(state, simple, ondemand, server)
-        listener = await loop.create_server(fast, host, port, reuse_port=reuse_port, backlog=1024)
-    else:
-        site = web.TCPSite(
-            runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port, backlog=1024
-        )
-        await site.start()
+    listener = await loop.create_server(
+        context,
+        host,
+        port,
+        reuse_port=reuse_port,
+        backlog=1024,
+        ssl=ssl_context,
+        ssl_handshake_timeout=config.timeouts.read if ssl_context else None,
+    )
 
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        stop.set()
+        if signals > 1:  # a second signal: stop waiting for anyone
+            log.info("worker %d: second signal, closing every connection now", os.getpid())
+            context.abort_all()
+
+    loop.add_signal_handler(signal.SIGTERM, on_signal)
+    loop.add_signal_handler(signal.SIGINT, on_signal)
     if access_log is not None:
         loop.add_signal_handler(signal.SIGUSR1, access_log.reopen)
 
@@ -164,16 +123,12 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
         os.getpid(),
         SHUTDOWN_GRACE,
     )
-    if listener is not None and fast is not None:
-        listener.close()
-        fast.close_idle()
-        await asyncio.gather(runner.cleanup(), fast.wait_closed(SHUTDOWN_GRACE))
-    else:
-        await runner.cleanup()
+    listener.close()
+    context.close_idle()
+    await context.wait_closed(SHUTDOWN_GRACE)
     flusher.cancel()
     await state.close_session()
     ondemand.close()
-    handoff.flush()
     await loop.run_in_executor(None, votes.close)
     if access_log is not None:
         access_log.close()

@@ -1,24 +1,33 @@
-"""The simple index (``/simple/``, ``/simple/{name}/``) and the JSON API endpoints."""
+"""The simple index (``/simple/``, ``/simple/{name}/``) and the JSON API endpoints.
+
+A page the mirror holds is answered at once, in the event loop; a stale on-demand page is
+answered as it is while one refresh runs in the background (stale-while-revalidate); only a
+page the mirror does not hold yet makes the request wait for the upstream.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
-from aiohttp import web
-
-from pypi_mirror.names import is_valid_project_name, normalize
+from pypi_mirror.names import is_valid_project_name, is_valid_version, normalize
+from pypi_mirror.server.http import Request, Response, method_not_allowed, redirect, text
+from pypi_mirror.server.localfile import answer_file, small_files
 from pypi_mirror.server.negotiate import TEXT_HTML, V1_HTML, V1_JSON, choose_content_type
 from pypi_mirror.server.ondemand import OnDemandIndex, UpstreamUnavailable
-from pypi_mirror.server.proxy import proxy_stream
-from pypi_mirror.server.sendfile import open_regular_file, send_file, small_files
+from pypi_mirror.server.proxy import proxy
 from pypi_mirror.server.state import ServerState
+
+log = logging.getLogger(__name__)
 
 _HTML_SERIAL = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
 _JSON_SERIAL = re.compile(rb'"_last-serial"\s*:\s*"?(\d+)')
-_VERSION_RE = re.compile(r"[A-Za-z0-9._+!-]{1,128}")
+_MEMO_LIMIT = 10_000
 
 
 class SerialCache:
@@ -27,13 +36,11 @@ class SerialCache:
     def __init__(self) -> None:
         self._known: dict[tuple[str, int], str] = {}
 
-    def get(
-        self, path: str, st: os.stat_result, handle_path: Path | str, is_json: bool
-    ) -> str | None:
+    def get(self, path: str, st: os.stat_result, is_json: bool) -> str | None:
         key = (path, st.st_mtime_ns)
         serial = self._known.get(key)
         if serial is None:
-            serial = _read_serial(handle_path, is_json, st.st_size)
+            serial = _read_serial(path, is_json, st.st_size)
             if len(self._known) > 50_000:
                 self._known.clear()
             self._known[key] = serial
@@ -54,10 +61,21 @@ def _read_serial(path: Path | str, is_json: bool, size: int) -> str:
     return match.group(1).decode() if match else ""
 
 
-def _redirect(location: str, query: str) -> web.Response:
-    return web.Response(
-        status=301, headers={"Location": f"{location}?{query}" if query else location}
+def _remember(memo: dict[Any, Any], key: Any, value: Any) -> Any:
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
+def _not_acceptable() -> Response:
+    return text(
+        406, f"acceptable types: {TEXT_HTML}, {V1_HTML}, {V1_JSON}", [("Vary", "Accept")]
     )
+
+
+def _with_query(location: str, query: str) -> str:
+    return f"{location}?{query}" if query else location
 
 
 class SimpleIndex:
@@ -66,78 +84,102 @@ class SimpleIndex:
         self.ondemand = ondemand
         self.prefix = state.config.prefix
         self.serials = SerialCache()
-        # Small memos of pure functions of request strings (bounded: clients choose them).
+        self._refreshing: set[asyncio.Future[bool]] = set()
+        # Memos of pure functions of request strings (bounded: clients choose them).
         self._canonical: dict[str, str] = {}  # valid name as asked → its normalised form
         self._chosen: dict[tuple[str | None, str | None], str | None] = {}  # negotiation
         self._pages: dict[str, tuple[str, str]] = {}  # name → (HTML page, JSON page) paths
 
-    async def page(self, request: web.BaseRequest, rest: str) -> web.StreamResponse:
+    def page(self, request: Request, rest: str) -> Response | Any:
         """``rest`` is what follows ``{prefix}/simple``."""
         if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
-        query = request.raw_path.partition("?")[2]
+            return method_not_allowed()
         if rest in ("", "/"):
             if rest == "":
-                return _redirect(f"{self.prefix}/simple/", query)
-            return await self._root(request)
+                return redirect(301, _with_query(f"{self.prefix}/simple/", request.query))
+            return self._root(request)
         name = rest.strip("/")
         canonical = self._canonical.get(name)
         if canonical is None:
             if "/" in name or not is_valid_project_name(name):
-                return web.Response(status=404, text="no such project\n")
+                return text(404, "no such project")
             canonical = _remember(self._canonical, name, normalize(name))
         if name != canonical or not rest.endswith("/"):
-            return _redirect(f"{self.prefix}/simple/{canonical}/", query)
-        return await self._project(request, canonical)
+            return redirect(301, _with_query(f"{self.prefix}/simple/{canonical}/", request.query))
+        return self._project(request, canonical)
 
-    def _negotiate(self, request: web.BaseRequest) -> str | None:
-        # The query is parsed only when there is one: most installers send none.
-        fmt = request.query.get("format") if request.query_string else None
-        if fmt:  # an unescaped "+json" arrives as " json" after query decoding
-            fmt = fmt.replace(" ", "+")
-        key = (request.headers.get("Accept"), fmt)
+    def _negotiate(self, request: Request) -> str | None:
+        fmt = None
+        if request.query:  # parsed only when there is one: most installers send none
+            values = parse_qs(request.query).get("format")
+            if values:  # an unescaped "+json" arrives as " json" after query decoding
+                fmt = values[0].replace(" ", "+")
+        key = (request.header(b"accept"), fmt)
         try:
             return self._chosen[key]
         except KeyError:
             return _remember(self._chosen, key, choose_content_type(*key))
 
-    async def _root(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _root(self, request: Request) -> Response:
         content_type = self._negotiate(request)
         if content_type is None:
             return _not_acceptable()
         repo = self.state.repo
-        target = repo.root_json if content_type == V1_JSON else repo.root_html
-        headers = {"Vary": "Accept, Accept-Encoding"}
-        candidates = [(target, None)]
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
-            candidates.insert(0, (target.with_name(target.name + ".gz"), "gzip"))
+        target = str(repo.root_json if content_type == V1_JSON else repo.root_html)
+        headers = [("Vary", "Accept, Accept-Encoding")]
+        candidates = [(target, "")]
+        if "gzip" in (request.header(b"accept-encoding") or ""):
+            candidates.insert(0, (target + ".gz", "gzip"))
         for path, encoding in candidates:
-            opened = open_regular_file(str(path))
-            if opened is None:
+            local = small_files.open(path)
+            if local is None:
                 continue
-            handle, st = opened
-            serial = (
-                self.serials.get(str(target), os.stat(target), target, True)
-                if target.exists()
-                else None
-            )
+            try:
+                serial = self.serials.get(target, os.stat(target), True)
+            except OSError:
+                serial = None
             if serial:
-                headers["X-PyPI-Last-Serial"] = serial
+                headers.append(("X-PyPI-Last-Serial", serial))
             if encoding:
-                headers["Content-Encoding"] = encoding
-            return await send_file(request, handle, st, content_type=content_type, headers=headers)
-        return web.Response(status=404, text="the root index has not been generated yet\n")
+                headers.append(("Content-Encoding", encoding))
+            return answer_file(request, local, content_type, headers)
+        return text(404, "the root index has not been generated yet")
 
-    async def _project(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
+    def _project(self, request: Request, name: str) -> Response | Any:
         content_type = self._negotiate(request)
         if content_type is None:
             return _not_acceptable()
+        exists, fetch = self.ondemand.needs_fetch(name)
+        if fetch:
+            if not exists:
+                return self._fetch_then_answer(request, name, content_type)
+            self._refresh_in_background(name)
+        elif not exists:
+            return text(404, "no such project")
+        return self._answer_page(request, name, content_type)
+
+    async def _fetch_then_answer(self, request: Request, name: str, content_type: str) -> Response:
         try:
             present = await self.ondemand.ensure(name)
         except UpstreamUnavailable as error:
-            return web.Response(status=error.status, text="upstream unavailable\n")
+            return text(error.status, "upstream unavailable")
         if not present:
-            return web.Response(status=404, text="no such project\n")
+            return text(404, "no such project")
+        return self._answer_page(request, name, content_type)
+
+    def _refresh_in_background(self, name: str) -> None:
+        """Serve the stale page now; the next request gets the refreshed one. ``ensure``
+        shares one fetch per name, and keeps the stale page when the refresh fails."""
+        refresh = asyncio.ensure_future(self.ondemand.ensure(name))
+        self._refreshing.add(refresh)
+        refresh.add_done_callback(self._refreshed)
+
+    def _refreshed(self, refresh: asyncio.Future[bool]) -> None:
+        self._refreshing.discard(refresh)
+        if not refresh.cancelled() and refresh.exception() is not None:
+            log.debug("background refresh failed: %s", refresh.exception())
+
+    def _answer_page(self, request: Request, name: str, content_type: str) -> Response:
         is_json = content_type == V1_JSON
         paths = self._pages.get(name)
         if paths is None:
@@ -147,67 +189,40 @@ class SimpleIndex:
         target = paths[1] if is_json else paths[0]
         local = small_files.open(target)
         if local is None:  # removed by a sync between the check and now
-            return web.Response(status=404, text="no such project\n")
-        with local:
-            headers = {"Vary": "Accept"}
-            serial = self.serials.get(target, local.st, target, is_json)
-            if serial:
-                headers["X-PyPI-Last-Serial"] = serial
-            return await local.send(request, content_type=content_type, headers=headers)
+            return text(404, "no such project")
+        headers = [("Vary", "Accept")]
+        serial = self.serials.get(target, local.st, is_json)
+        if serial:
+            headers.append(("X-PyPI-Last-Serial", serial))
+        return answer_file(request, local, content_type, headers)
 
-    async def json_api(self, request: web.BaseRequest, parts: list[str]) -> web.StreamResponse:
+    def json_api(self, request: Request, parts: list[str]) -> Response | Any:
         """``/{name}/json`` (local copy, else upstream) and ``/{name}/{version}/json``."""
         if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+            return method_not_allowed()
         name = parts[0]
         if not is_valid_project_name(name):
-            return web.Response(status=404, text="no such project\n")
+            return text(404, "no such project")
         canonical = normalize(name)
         if canonical != name:
-            return _redirect(
-                f"{self.prefix}/{canonical}/{'/'.join(parts[1:])}",
-                request.raw_path.partition("?")[2],
-            )
+            location = f"{self.prefix}/{canonical}/{'/'.join(parts[1:])}"
+            return redirect(301, _with_query(location, request.query))
+        state = self.state
         if len(parts) == 3:
             version = parts[1]
-            if not _VERSION_RE.fullmatch(version):
-                return web.Response(status=404, text="no such release\n")
-            return await proxy_stream(
-                request, self.state.session(), self.state.urls.release_json(canonical, version)
-            )
-        target = self.state.repo.pypi_json(canonical)
-        opened = open_regular_file(str(target))
-        if opened is None:
-            return await proxy_stream(
-                request, self.state.session(), self.state.urls.project_json(canonical)
-            )
-        handle, st = opened
-        headers = {}
-        page = self.state.repo.project_json(canonical)
+            if not is_valid_version(version):
+                return text(404, "no such release")
+            return proxy(request, state, state.urls.release_json(canonical, version))
+        target = str(state.repo.pypi_json(canonical))
+        local = small_files.open(target)
+        if local is None:
+            return proxy(request, state, state.urls.project_json(canonical))
+        headers = []
+        page = str(state.repo.project_json(canonical))
         try:
-            serial = self.serials.get(str(page), os.stat(page), page, True)
-        except FileNotFoundError:
+            serial = self.serials.get(page, os.stat(page), True)
+        except OSError:
             serial = None
         if serial:
-            headers["X-PyPI-Last-Serial"] = serial
-        return await send_file(
-            request, handle, st, content_type="application/json", headers=headers
-        )
-
-
-_MEMO_LIMIT = 10_000
-
-
-def _remember(memo: dict[Any, Any], key: Any, value: Any) -> Any:
-    if len(memo) >= _MEMO_LIMIT:
-        memo.clear()
-    memo[key] = value
-    return value
-
-
-def _not_acceptable() -> web.Response:
-    return web.Response(
-        status=406,
-        text=f"acceptable types: {TEXT_HTML}, {V1_HTML}, {V1_JSON}\n",
-        headers={"Vary": "Accept"},
-    )
+            headers.append(("X-PyPI-Last-Serial", serial))
+        return answer_file(request, local, "application/json", headers)

@@ -6,17 +6,16 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
-from aiohttp import web
 
 from pypi_mirror.cache.votes import VoteRecorder, is_bot
 from pypi_mirror.config import Config
 from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import AccessLogWriter
 from pypi_mirror.server.clientip import ClientResolver, IPAddress, vote_prefix
+from pypi_mirror.server.http import Request
 from pypi_mirror.upstream import UpstreamUrls, make_session
 
 PREFIX_MEMO_LIMIT = 10_000
-CLIENT_KEY = "client"  # (address, text) of the real client, on each request
 
 
 @dataclass
@@ -43,26 +42,27 @@ class ServerState:
         if self._session is not None:
             await self._session.close()
 
-    def client_ip(self, request: web.BaseRequest) -> IPAddress | None:
+    def client_ip(self, request: Request) -> IPAddress | None:
         return self.client(request)[0]
 
-    def client(self, request: web.BaseRequest) -> tuple[IPAddress | None, str]:
+    def client(self, request: Request) -> tuple[IPAddress | None, str]:
         """The request's real client address, and as the access log writes it (kept on the
         request: asked for by the vote and by the log line)."""
-        known = request.get(CLIENT_KEY)
+        known = request.client
         if known is None:
-            known = request[CLIENT_KEY] = self.clients.resolve(
-                request.remote, request.headers.get("X-Forwarded-For")
+            known = request.client = self.clients.resolve(
+                request.remote, request.header(b"x-forwarded-for")
             )
-        return known
+        return known  # type: ignore[return-value]
 
-    def vote(self, request: web.BaseRequest, path: str) -> None:
-        """One download of ``path`` (already validated) through aiohttp."""
-        self.vote_for(path, self.client_ip(request), request.headers.get("User-Agent"))
-
-    def vote_for(self, path: str, address: IPAddress | None, user_agent: str | None) -> None:
-        """Queue a vote for ``path`` unless a bot asked. Never blocks."""
-        if address is None or is_bot(user_agent):
+    def vote(self, request: Request, path: str) -> None:
+        """Queue a vote for one download of ``path`` (already validated) unless a bot asked.
+        Never blocks."""
+        address = self.client(request)[0]
+        if address is None:
+            return
+        user_agent = request.header(b"user-agent")
+        if is_bot(user_agent):
             return
         prefix = self._prefixes.get(address)
         if prefix is None:

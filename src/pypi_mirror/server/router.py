@@ -1,0 +1,82 @@
+"""One dispatch on the path (cheaper than a router with middlewares on the hot paths), and
+the access-log line of every answered request."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import unquote
+
+from pypi_mirror.server.accesslog import format_entry
+from pypi_mirror.server.files import Files
+from pypi_mirror.server.http import Request, Response, redirect, text
+from pypi_mirror.server.simple import SimpleIndex
+from pypi_mirror.server.state import ServerState
+
+MAX_PATH = 1024
+
+
+class Router:
+    def __init__(self, state: ServerState, simple: SimpleIndex) -> None:
+        self.state = state
+        self.simple = simple
+        self.files = Files(state)
+        self.prefix = state.config.prefix
+        self.packages = f"{self.prefix}/packages/"
+        self.web_base = state.config.upstream.pypi_url
+
+    def __call__(self, request: Request) -> Response | Any:
+        raw = request.path
+        if len(raw) > MAX_PATH or "%00" in raw:
+            return text(400, "bad request path")
+        if raw.startswith(self.packages):
+            # PyPI file paths hold no escapes; decoding first means an encoded slash or dot
+            # is judged by the same strict shape check as a plain one.
+            rest = raw[len(self.packages) :]
+            return self.files.answer(request, unquote(rest) if "%" in rest else rest)
+        if not raw.startswith(self.prefix + "/"):
+            return text(404, "not found")
+        rest = raw[len(self.prefix) :]
+        if "%" in rest:
+            try:
+                rest = unquote(rest, errors="strict")
+            except UnicodeDecodeError:
+                return text(400, "bad request path")
+            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in rest):  # CR, LF, NUL...
+                return text(400, "bad request path")
+        if rest == "/simple" or rest.startswith("/simple/"):
+            return self.simple.page(request, rest[len("/simple") :])
+        if rest.startswith("/web/"):
+            return redirect(302, f"{self.web_base}/{rest[len('/web/') :]}")
+        parts = rest.strip("/").split("/")
+        if len(parts) in (2, 3) and parts[-1] == "json" and all(parts):
+            return self.simple.json_api(request, parts)
+        return text(404, "not found")
+
+
+class AccessLog:
+    """Writes one line per answered request (a no-op without ``log.path``)."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.format = state.config.log.format
+
+    def __call__(self, request: Request, status: int, size: int) -> None:
+        writer = self.state.access_log
+        if writer is None:
+            return
+        writer.write(
+            format_entry(
+                self.format,
+                method=request.method or "-",
+                path=request.target or "-",
+                version=request.version,
+                status=status,
+                size=size,
+                seconds=time.monotonic() - request.started if request.started else 0.0,
+                client_ip=self.state.client(request)[1],
+                user_agent=request.text_for_log(b"user-agent"),
+                referer=request.text_for_log(b"referer"),
+                proxied=request.proxied,
+            )
+        )
