@@ -16,8 +16,8 @@ from pypi_mirror.cache.votes import VoteRecorder, is_bot
 from pypi_mirror.config import FallbackConfig
 from pypi_mirror.db import Database
 from pypi_mirror.server.clientip import fallback_mode, parse_ip, real_client_ip, vote_prefix
-from pypi_mirror.server.negotiate import TEXT_HTML, V1_HTML, V1_JSON, choose_content_type
 from pypi_mirror.server.localfile import UNSATISFIABLE, parse_range
+from pypi_mirror.server.negotiate import TEXT_HTML, V1_HTML, V1_JSON, choose_content_type
 
 TRUSTED = [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8")]
 

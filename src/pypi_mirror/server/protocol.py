@@ -341,9 +341,7 @@ class HttpProtocol(asyncio.Protocol):
             self.busy = True
             self.task = self.loop.create_task(self._answer_later(request, answer))
 
-    async def _answer_later(
-        self, request: Request, pending: Coroutine[Any, Any, Response]
-    ) -> None:
+    async def _answer_later(self, request: Request, pending: Coroutine[Any, Any, Response]) -> None:
         try:
             try:
                 response = await pending
@@ -534,9 +532,7 @@ class HttpProtocol(asyncio.Protocol):
             nonlocal progress
             try:
                 while progress < stop:
-                    written = os.sendfile(
-                        sock_fd, body.fd, body.offset + progress, stop - progress
-                    )
+                    written = os.sendfile(sock_fd, body.fd, body.offset + progress, stop - progress)
                     if written == 0:
                         raise ClientGone("file ended early")
                     progress += written
@@ -586,15 +582,17 @@ class HttpProtocol(asyncio.Protocol):
             raise
         except UpstreamBroke as error:
             # Headers are out: cutting the connection is the only honest signal left.
-            log.warning("upstream body for %s broke off after %d bytes: %s", request.target,
-                        sent, error)
+            log.warning(
+                "upstream body for %s broke off after %d bytes: %s", request.target, sent, error
+            )
             self._log(request, status, sent)
             raise ClientGone("upstream broke off") from None
         finally:
             body.close()
         if body.length is not None and sent != body.length:
-            log.warning("upstream body for %s ended after %d of %d bytes", request.target,
-                        sent, body.length)
+            log.warning(
+                "upstream body for %s ended after %d of %d bytes", request.target, sent, body.length
+            )
             self._log(request, status, sent)
             raise ClientGone("upstream body shorter than announced")
         self._log(request, status, sent)

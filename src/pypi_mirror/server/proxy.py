@@ -66,7 +66,8 @@ async def proxy(request: Request, state: ServerState, url: str) -> Response:
         log.warning("upstream request %s failed: %s", url, error)
         return text(502, "upstream unreachable")
     forwarded = [
-        (name, upstream.headers[name]) for name in FORWARDED_RESPONSE_HEADERS
+        (name, upstream.headers[name])
+        for name in FORWARDED_RESPONSE_HEADERS
         if name in upstream.headers
     ]
     if upstream.status in _REDIRECTS and "Location" in upstream.headers:

@@ -69,9 +69,7 @@ def _remember(memo: dict[Any, Any], key: Any, value: Any) -> Any:
 
 
 def _not_acceptable() -> Response:
-    return text(
-        406, f"acceptable types: {TEXT_HTML}, {V1_HTML}, {V1_JSON}", [("Vary", "Accept")]
-    )
+    return text(406, f"acceptable types: {TEXT_HTML}, {V1_HTML}, {V1_JSON}", [("Vary", "Accept")])
 
 
 def _with_query(location: str, query: str) -> str:
