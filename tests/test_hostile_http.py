@@ -707,6 +707,15 @@ def test_many_pipelined_requests_all_complete(served: Served) -> None:
     served.assert_clean()
 
 
+def test_thousands_of_pipelined_requests_in_one_read(served: Served) -> None:
+    """Answered in a loop, not by recursion: one read may carry thousands of requests."""
+    data = request(PAGE, method="HEAD") * 3000 + request(PAGE, "Connection: close")
+    got = exchange(served.port, data, heads=[True] * 3000 + [False])
+    assert got.statuses == [200] * 3001
+    assert got.closed
+    served.assert_clean()
+
+
 # ------------------------------------------------------------------------ hang-ups
 
 

@@ -77,6 +77,7 @@ class ClientResolver:
     """
 
     LIMIT = 10_000
+    KEY_LIMIT = 256  # a longer X-Forwarded-For is resolved each time, never kept (bytes bound)
 
     def __init__(self, trusted: Sequence[IPNetwork]) -> None:
         self._trusted = trusted
@@ -88,7 +89,8 @@ class ClientResolver:
         if known is None:
             address = real_client_ip(peer, forwarded_for, self._trusted)
             known = (address, str(address) if address is not None else (peer or "-"))
-            if len(self._known) >= self.LIMIT:
-                self._known.clear()
-            self._known[key] = known
+            if forwarded_for is None or len(forwarded_for) <= self.KEY_LIMIT:
+                if len(self._known) >= self.LIMIT:
+                    self._known.clear()
+                self._known[key] = known
         return known

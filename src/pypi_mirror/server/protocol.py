@@ -302,11 +302,17 @@ class HttpProtocol(asyncio.Protocol):
 
     def _next(self) -> None:
         """Answer queued requests until one needs a task, the queue is empty or writing must
-        wait; then the bad head's answer, or the wait for the next request."""
-        while not self.busy and not self.paused and self.transport is not None:
+        wait; then the bad head's answer, or the wait for the next request. A loop, not
+        recursion: one read may hold thousands of pipelined requests."""
+        while not self.busy and not self.paused:
+            if self.transport is None or self.transport.is_closing():
+                return
             if self.queue:
                 request = self.queue.popleft()
                 self._handle(request)
+                if not self.busy and not request.keep_alive:
+                    self._close()
+                    return
                 continue
             if self.error is not None:
                 self._answer_error(self.error)
@@ -376,7 +382,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def _write(self, request: Request, response: Response, *, in_task: bool = False) -> None:
         """Headers, and the body when it is in memory. A file or stream body is sent by
-        ``_send_file``/``_send_stream``: right here when it fits the socket, else by a task."""
+        ``_send_file``/``_send_stream``: by the caller when ``in_task``; else right here when
+        the socket takes it all, or by a task that marks the connection busy."""
         transport = self.transport
         assert transport is not None
         status = response.status
@@ -402,8 +409,6 @@ class HttpProtocol(asyncio.Protocol):
             response.release()
             transport.write(head)
             self._log(request, status, 0)
-            if not in_task:
-                self._after(request)
             return
         if response.file is not None:
             self._write_head_before_file(head)
@@ -413,7 +418,6 @@ class HttpProtocol(asyncio.Protocol):
                 if sent == body.count:
                     body.close()
                     self._log(request, status, sent)
-                    self._after(request)
                     return
                 body.offset += sent
                 body.count -= sent
@@ -430,11 +434,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         transport.write(head + response.body)
         self._log(request, status, len(response.body))
-        if not in_task:
-            self._after(request)
 
     def _after(self, request: Request) -> None:
-        """An answer is complete: the next request, or close."""
+        """A task finished its answer: the next request, or close."""
         if self.transport is None:
             return
         if not request.keep_alive:

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 _HTML_SERIAL = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
 _JSON_SERIAL = re.compile(rb'"_last-serial"\s*:\s*"?(\d+)')
 _MEMO_LIMIT = 10_000
+MEMO_KEY_LIMIT = 256  # longer client strings are worked out each time, never kept
 
 
 class SerialCache:
@@ -116,7 +117,10 @@ class SimpleIndex:
         try:
             return self._chosen[key]
         except KeyError:
-            return _remember(self._chosen, key, choose_content_type(*key))
+            chosen = choose_content_type(*key)
+        if len(key[0] or "") + len(fmt or "") <= MEMO_KEY_LIMIT:  # clients send a few short ones
+            _remember(self._chosen, key, chosen)
+        return chosen
 
     def _root(self, request: Request) -> Response:
         content_type = self._negotiate(request)
