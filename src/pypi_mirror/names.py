@@ -71,3 +71,19 @@ def filename_of(path: str) -> str:
 def metadata_path(path: str) -> str:
     """The PEP 658 metadata file path that belongs to a distribution file path."""
     return path + METADATA_SUFFIX
+
+
+# A release version as it may appear in an upstream URL path: PEP 440 and PyPI's legacy
+# forms, from a strict alphabet with no "/", "%" or "..": safe as one path segment.
+_VERSION_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._+!-]{0,126}[A-Za-z0-9])?")
+
+
+def is_valid_version(text: str) -> bool:
+    """True for a version string that may go into an upstream URL as one path segment.
+
+    Accepts every normalised PEP 440 version, the spellings ``packaging`` also reads
+    (``v1.0``, ``1.0-beta``, ``0.1_rc``, ``1.0RC1``) and PyPI's pre-PEP 440 legacy forms of
+    the same alphabet (``2004d``, ``1.0.0-SNAPSHOT``); rejects anything with "/", "%", "..",
+    whitespace, or a separator at either end (never a dot-segment, never an escape).
+    """
+    return _VERSION_RE.fullmatch(text) is not None and ".." not in text

@@ -3,6 +3,9 @@
 Every outbound request of the program goes through a session made here, so that
 ``upstream.proxy``, ``sync.user_agent`` and ``timeouts.upstream`` apply everywhere, and
 only URLs built from the configured upstream bases are ever fetched.
+
+Every URL builder validates what it puts into the path: a client's ``..`` or ``%2e%2e`` must
+never steer a request to another upstream endpoint (``/pypi/p/../json`` is ``/pypi/json``).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import aiohttp
 from aiohttp_socks import ProxyConnector
 
 from pypi_mirror.config import Config
-from pypi_mirror.names import is_normalized, is_valid_file_path
+from pypi_mirror.names import is_normalized, is_valid_file_path, is_valid_version
 
 
 class UpstreamError(Exception):
@@ -50,11 +53,13 @@ class UpstreamUrls:
         self.redirect = config.upstream.effective_redirect_url
 
     def project_json(self, name: str) -> str:
-        if not is_normalized(name):
-            raise ValueError(f"not a normalised project name: {name!r}")
+        _check_name(name)
         return f"{self.pypi}/pypi/{name}/json"
 
     def release_json(self, name: str, version: str) -> str:
+        _check_name(name)
+        if not is_valid_version(version):
+            raise ValueError(f"not a release version: {version!r}")
         return f"{self.pypi}/pypi/{name}/{version}/json"
 
     def xmlrpc(self) -> str:
@@ -64,9 +69,20 @@ class UpstreamUrls:
         return f"{self.pypi}/simple/"
 
     def file(self, path: str) -> str:
-        if not is_valid_file_path(path.removesuffix(".metadata")):
-            raise ValueError(f"not a PyPI file path: {path!r}")
+        _check_file_path(path)
         return f"{self.packages}/packages/{path}"
 
     def redirect_file(self, path: str) -> str:
+        # Not fetched by us, but sent to clients as a Location: the same rule applies.
+        _check_file_path(path)
         return f"{self.redirect}/packages/{path}"
+
+
+def _check_name(name: str) -> None:
+    if not is_normalized(name):
+        raise ValueError(f"not a normalised project name: {name!r}")
+
+
+def _check_file_path(path: str) -> None:
+    if not is_valid_file_path(path.removesuffix(".metadata")):
+        raise ValueError(f"not a PyPI file path: {path!r}")
