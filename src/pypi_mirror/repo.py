@@ -24,6 +24,7 @@ from pypi_mirror.names import is_normalized, is_valid_file_path
 TEMP_PREFIX = ".pmtmp-"
 SCAN_SAMPLE = 8  # top-level folders read first, to tell a cold cache from a warm one
 WARM_SCAN_WORKERS = 2
+SQLITE_FULL = 13  # "database or disk is full" (sqlite3.Error.sqlite_errorcode)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ def tiers_of(config: Config) -> list[Tier]:
     if config.cache.tiers:
         return [Tier(i, t.path, t.size_limit) for i, t in enumerate(config.cache.tiers)]
     return [Tier(0, config.repo_path / "packages", config.cache.size_limit)]
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """No space (or quota) left, as the filesystem or SQLite says it."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return getattr(error, "sqlite_errorcode", None) == SQLITE_FULL
 
 
 def temp_path_for(target: Path) -> Path:

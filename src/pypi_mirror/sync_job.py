@@ -26,6 +26,7 @@ from pypi_mirror.index.sync import (
     IndexSyncResult,
     SyncTuning,
     format_plan,
+    listing_failed,
     plan_sync,
     sync_index,
 )
@@ -168,8 +169,10 @@ def _cache_failures(cache: CacheResult) -> list[str]:
     if not cache.failures:
         return []
     shown = "; ".join(cache.failures[:5])
-    more = f" and {len(cache.failures) - 5} more" if len(cache.failures) > 5 else ""
-    return [f"cache management: {shown}{more}"]
+    listed = max(len(cache.failures), cache.failed)
+    more = f" and {listed - 5} more" if listed > 5 else ""
+    count = f"{cache.failed} file(s) failed: " if cache.failed else ""
+    return [f"cache management: {count}{shown}{more}"]
 
 
 def _failures(index: IndexSyncResult) -> list[str]:
@@ -178,8 +181,16 @@ def _failures(index: IndexSyncResult) -> list[str]:
         failures.append(f"index sync aborted ({index.aborted})")
     if index.failed:
         names = sorted(index.failed)
-        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
-        failures.append(f"{len(names)} project(s) could not be synced: {shown}")
+        more = max(0, len(names) - 20) + index.not_attempted
+        shown = ", ".join(names[:20]) + (f" and {more} more" if more > 0 else "")
+        failures.append(f"{index.failed_count} project(s) could not be synced: {shown}")
+    if index.disk_full:
+        failures.append(
+            f"the disk is full ({index.disk_full}): {index.not_attempted} project(s) were "
+            "not attempted"
+        )
+    if index.root_failed:
+        failures.append(f"the root index was not written ({index.root_failed})")
     return failures
 
 
@@ -190,7 +201,7 @@ def _dry_run(config: Config, tuning: SyncTuning) -> int:
     try:
         plan = asyncio.run(plan_sync(config, db, tuning))
     except UpstreamError as error:
-        print(f"sync --dry-run: cannot list the upstream's projects: {error}", flush=True)
+        print(f"sync --dry-run: {listing_failed(config, error)}", flush=True)
         return EXIT_FAILED
     finally:
         if db is not None:

@@ -18,7 +18,20 @@ from pypi_mirror.names import is_normalized, is_valid_file_path, is_valid_versio
 
 
 class UpstreamError(Exception):
-    """The upstream could not give a usable answer (network error, 5xx, bad body)."""
+    """The upstream could not give a usable answer (network error, 5xx, bad body).
+
+    ``transient``: asking again may help (5xx, 408, 429, timeouts, connection errors); a
+    deterministic answer (a 403, a 405, the wrong content type) is not asked again."""
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def is_transient_status(status: int) -> bool:
+    """Whether an HTTP error status may go away when asked again: server errors, request
+    timeouts and rate limits do; other 4xx (and redirects we did not ask for) do not."""
+    return status >= 500 or status in (408, 425, 429)
 
 
 def make_session(config: Config, *, limit: int = 100) -> aiohttp.ClientSession:

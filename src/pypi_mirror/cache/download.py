@@ -18,14 +18,13 @@ from typing import Literal, Protocol
 
 import aiohttp
 
-from pypi_mirror.repo import temp_path_for
+from pypi_mirror.repo import is_disk_full, temp_path_for
+from pypi_mirror.upstream import is_transient_status
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 GONE_STATUSES = (404, 410)
-# Worth another try: the upstream or the path to it may recover.
-RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # First pause before another try (doubled each time); HEAD requests of the cache use it too.
 RETRY_BACKOFF = 0.5
 
@@ -80,8 +79,9 @@ async def download(
     """Fetch ``url`` into ``target``, verified against ``digest`` (and ``size`` if known).
 
     404/410 is ``gone`` (not an error: the file no longer exists upstream). Network errors,
-    retryable statuses, short bodies and digest mismatches are retried ``retries`` times;
-    then ``error``, and nothing is placed.
+    transient statuses (5xx, 408, 429), short bodies and digest mismatches are retried
+    ``retries`` times; then ``error``, and nothing is placed (nor any temporary file left).
+    Other statuses and a full disk are an ``error`` at once.
     """
     attempt = 0
     while True:
@@ -93,7 +93,8 @@ async def download(
             return Outcome("error", reason=str(error))
         except (_Retryable, aiohttp.ClientError, TimeoutError, OSError) as error:
             reason = _describe(error)
-            if attempt >= retries:
+            # A full disk does not empty itself by asking the upstream again.
+            if attempt >= retries or is_disk_full(error):
                 return Outcome("error", reason=reason)
             log.debug("%s: %s; retrying", url, reason)
             await asyncio.sleep(backoff * 2**attempt)
@@ -123,7 +124,7 @@ async def _attempt(
     async with session.get(url, headers={"Accept-Encoding": "identity"}) as response:
         if response.status in GONE_STATUSES:
             return None
-        if response.status in RETRY_STATUSES:
+        if is_transient_status(response.status):  # the upstream or the path to it may recover
             raise _Retryable(f"HTTP {response.status}")
         if response.status != 200:
             raise _Fatal(f"HTTP {response.status}")

@@ -99,7 +99,7 @@ class _Executor:
         try:
             self.repo.delete_file(step.source, step.path)
         except OSError as error:
-            self.result.failures.append(f"delete {step.path}: {error}")
+            self.result.fail(f"delete {step.path}: {error}")
             return
         self.usage[step.source] -= step.size
         self.counts[step.source] -= 1
@@ -132,7 +132,7 @@ class _Executor:
             return
         except OSError as error:
             self.usage[step.target] -= step.size
-            self.result.failures.append(f"move {step.path}: {error}")
+            self.result.fail(f"move {step.path}: {error}")
             return
         self.usage[step.source] -= step.size
         self.counts[step.source] -= 1
@@ -199,8 +199,7 @@ class _Executor:
                     consecutive += 1
                     self.result.download_errors += 1
                     log.warning("download %s failed: %s", step.path, outcome.reason)
-                    if len(self.result.failures) < 20:
-                        self.result.failures.append(f"download {step.path}: {outcome.reason}")
+                    self.result.fail(f"download {step.path}: {outcome.reason}")
                     if consecutive >= sync.download_error_threshold and not halted:
                         halted = True
                         self.result.failures.append(

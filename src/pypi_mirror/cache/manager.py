@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,6 +42,8 @@ from pypi_mirror.config import Config
 from pypi_mirror.db import Database
 from pypi_mirror.repo import Repo
 from pypi_mirror.upstream import make_session
+
+log = logging.getLogger(__name__)
 
 PHASES = ("A", "B", "C", "D", "E")
 LOCK_FILENAME = ".cache.lock"
@@ -106,6 +109,11 @@ async def run_cache_management(
                 progress_bar=progress_bar,
                 on_phase=on_phase or (lambda _phase: None),
             )
+        except Exception as error:
+            # A local store failed (disk full, database): the counts so far still go into
+            # the summary; the next run's inventory picks up from the disk.
+            log.exception("cache management failed")
+            result.failures.append(f"aborted ({type(error).__name__}: {error})")
         finally:
             for own in owned:
                 await own.close()

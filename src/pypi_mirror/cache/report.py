@@ -9,6 +9,8 @@ from pathlib import Path
 from pypi_mirror.cache.plan import Plan
 from pypi_mirror.progress import format_duration
 
+MAX_LISTED = 20  # failures named in the result; the rest are counted
+
 
 @dataclass
 class TierState:
@@ -38,6 +40,7 @@ class CacheResult:
     gone: int = 0  # 404 upstream: not an error, the file no longer exists
     skipped: int = 0  # not done this run: no room after an earlier step failed, no hash known
     download_errors: int = 0
+    size_errors: int = 0  # voted files whose size the upstream would not tell (HEAD failed)
     head_requests: int = 0
     stat_calls: int = 0
     temp_removed: int = 0
@@ -47,9 +50,18 @@ class CacheResult:
     local_rows_dropped: int = 0
     files_dropped: int = 0
     stopped: bool = False
+    # What went wrong, for the summary: the first MAX_LISTED failed files (see fail()), and
+    # whatever stopped the run or a part of it. Not empty means the run failed.
     failures: list[str] = field(default_factory=list)
+    failed: int = 0  # files whose download, size check, move or deletion failed
     notes: list[str] = field(default_factory=list)
     phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    def fail(self, message: str) -> None:
+        """Count a failed file (the run then exits non-zero); the first few are named."""
+        self.failed += 1
+        if len(self.failures) < MAX_LISTED:
+            self.failures.append(message)
 
     @property
     def hit_rate(self) -> float:
@@ -78,6 +90,12 @@ def format_summary(result: CacheResult) -> list[str]:
         f"({format_size(result.deleted_bytes)}); {result.gone:,} gone upstream, "
         f"{result.download_errors:,} download errors, {result.skipped:,} skipped",
     ]
+    if result.failed:
+        others = result.failed - result.download_errors - result.size_errors
+        lines.append(
+            f"cache: {result.failed:,} files failed: {result.download_errors:,} downloads, "
+            f"{result.size_errors:,} size checks, {others:,} moves or deletions"
+        )
     for tier in result.tiers:
         share = f" ({tier.bytes / tier.limit:.0%})" if tier.limit else ""
         lines.append(

@@ -21,7 +21,7 @@ from pypi_mirror.config import Config
 from pypi_mirror.db import Database
 from pypi_mirror.names import METADATA_SUFFIX, is_valid_file_path
 from pypi_mirror.progress import Progress
-from pypi_mirror.upstream import UpstreamUrls
+from pypi_mirror.upstream import UpstreamUrls, is_transient_status
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +175,14 @@ async def _head_size(
     stop: StopSignal,
 ) -> tuple[bool, int | None]:
     """(known, Content-Length of ``url``): size None when it is gone (404); not known when
-    the upstream could not say (errors after the retries, or a stop)."""
+    the upstream could not say (errors after the retries, or a stop). A file whose size could
+    not be learned is a failure of this run: it is not cached, and the run says so."""
     reason = "stopped"
     for attempt in range(retries + 1):
         if stop.is_set():
             return False, None
         result.head_requests += 1
+        transient = True
         try:
             async with session.head(url, headers=IDENTITY, allow_redirects=True) as response:
                 if response.status in downloader.GONE_STATUSES:
@@ -188,9 +190,17 @@ async def _head_size(
                 if response.status == 200 and response.content_length is not None:
                     return True, response.content_length
                 reason = f"HTTP {response.status}"
+                if response.status == 200:
+                    reason, transient = "no Content-Length", False
+                else:
+                    transient = is_transient_status(response.status)
         except (aiohttp.ClientError, TimeoutError) as error:
-            reason = str(error) or type(error).__name__
+            reason = "timeout" if isinstance(error, TimeoutError) else str(error) or repr(error)
+        if not transient:
+            break  # the same question gets the same answer
         if attempt < retries:
             await asyncio.sleep(downloader.RETRY_BACKOFF * 2**attempt)
-    log.warning("HEAD %s: %s; size unknown this run", url, reason)
+    log.warning("HEAD %s: %s; size unknown, not cached this run", url, reason)
+    result.size_errors += 1
+    result.fail(f"size of {url}: {reason}")
     return False, None

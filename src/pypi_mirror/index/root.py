@@ -5,6 +5,7 @@ every project)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import itertools
 import logging
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from pypi_mirror.db import Database
 from pypi_mirror.index.render import render_root_html, render_root_json
@@ -44,7 +46,11 @@ class _StreamedFile:
         self.temp = temp_path_for(staging / target.name)
         self.gz_temp = temp_path_for(staging / gz_target.name)
         self.handle = open(self.temp, "wb")  # noqa: SIM115 - closed in commit/abort
-        self.gz_handle = open(self.gz_temp, "wb")  # noqa: SIM115
+        try:
+            self.gz_handle = open(self.gz_temp, "wb")  # noqa: SIM115
+        except BaseException:
+            _discard(self.handle, self.temp)
+            raise
         # mtime=0: the same index compresses to the same bytes.
         self.gz = gzip.GzipFile(
             filename="", mode="wb", fileobj=self.gz_handle, compresslevel=GZIP_LEVEL, mtime=0
@@ -71,11 +77,20 @@ class _StreamedFile:
             os.replace(temp, target)
 
     def abort(self) -> None:
-        if self.pending is not None:
-            self.pending.cancel()
+        if self.pending is not None and not self.pending.cancel():
+            # Already compressing into gz_handle: let it end (or fail) before closing it.
+            with contextlib.suppress(Exception):
+                self.pending.result()
         for handle, temp in ((self.gz_handle, self.gz_temp), (self.handle, self.temp)):
-            handle.close()
-            temp.unlink(missing_ok=True)
+            _discard(handle, temp)
+
+
+def _discard(handle: BinaryIO, temp: Path) -> None:
+    """Close and remove a temporary file whatever happens: on a full disk, closing flushes
+    the buffer and fails again, and the file must still go."""
+    with contextlib.suppress(OSError):
+        handle.close()
+    temp.unlink(missing_ok=True)
 
 
 def _framing(page: bytes, marker: bytes) -> tuple[bytes, bytes]:
@@ -94,7 +109,11 @@ def write_root_index(repo: Repo, db: Database, global_serial: int) -> None:
     _clear_leftovers(staging)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="root-gzip") as executor:
         html = _StreamedFile(repo.root_html, repo.root_html_gz, staging, executor)
-        json = _StreamedFile(repo.root_json, repo.root_json_gz, staging, executor)
+        try:
+            json = _StreamedFile(repo.root_json, repo.root_json_gz, staging, executor)
+        except BaseException:
+            html.abort()
+            raise
         try:
             html.write(html_head)
             json.write(json_head)

@@ -28,11 +28,15 @@ from defusedxml.common import DefusedXmlException
 from defusedxml.xmlrpc import DefusedExpatParser
 
 from pypi_mirror.names import is_valid_project_name, normalize
-from pypi_mirror.upstream import UpstreamError, UpstreamUrls
+from pypi_mirror.upstream import UpstreamError, UpstreamUrls, is_transient_status
 
 log = logging.getLogger(__name__)
 
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+NO_XMLRPC_HINT = (
+    "this upstream does not answer XML-RPC: list it from its PEP 691 JSON root index "
+    "instead, with `upstream.serials_source: simple-json` in the configuration"
+)
 _CHUNK = 1 << 20
 
 
@@ -119,7 +123,20 @@ async def _post_xmlrpc(
         url, data=_xmlrpc_request(method), headers={"Content-Type": "text/xml"}
     ) as response:
         if response.status != 200:
-            raise UpstreamError(f"XML-RPC {method}: HTTP {response.status}")
+            transient = is_transient_status(response.status)
+            # A refusal (PyPI behind some proxies, most mirrors: 405) is not asked again,
+            # and the operator is told the way around it.
+            hint = "" if transient else f" from {url}; {NO_XMLRPC_HINT}"
+            raise UpstreamError(
+                f"XML-RPC {method}: HTTP {response.status}{hint}", transient=transient
+            )
+        content_type = response.headers.get("Content-Type", "")
+        if content_type and "xml" not in content_type.lower():
+            raise UpstreamError(
+                f"XML-RPC {method}: expected text/xml from {url}, got {content_type!r}; "
+                f"{NO_XMLRPC_HINT}",
+                transient=False,
+            )
         async for chunk in response.content.iter_chunked(_CHUNK):
             parser.feed(chunk)
     try:
@@ -148,16 +165,22 @@ def parse_serials_xml(chunks: list[bytes] | bytes) -> tuple[dict[str, int], int]
     return collector.projects, collector.invalid
 
 
-async def serials_from_xmlrpc(
-    session: aiohttp.ClientSession, urls: UpstreamUrls, counter: Counter | None = None
-) -> UpstreamSerials:
-    # The global serial first: anything that changes while the list downloads carries a
-    # higher serial and is picked up by the next run.
+async def xmlrpc_last_serial(session: aiohttp.ClientSession, urls: UpstreamUrls) -> int:
+    """The upstream's global serial (XML-RPC ``changelog_last_serial``: a small answer)."""
     (global_serial,) = await _post_xmlrpc(
         session, urls.xmlrpc(), "changelog_last_serial", xmlrpc.client.Unmarshaller()
     )
     if not isinstance(global_serial, int) or isinstance(global_serial, bool):
         raise UpstreamError(f"changelog_last_serial is not a serial: {global_serial!r}")
+    return global_serial
+
+
+async def serials_from_xmlrpc(
+    session: aiohttp.ClientSession, urls: UpstreamUrls, counter: Counter | None = None
+) -> UpstreamSerials:
+    # The global serial first: anything that changes while the list downloads carries a
+    # higher serial and is picked up by the next run.
+    global_serial = await xmlrpc_last_serial(session, urls)
     collector = _Collector(counter)
     result = await _post_xmlrpc(
         session, urls.xmlrpc(), "list_packages_with_serial", _SerialsUnmarshaller(collector.add)
@@ -277,10 +300,16 @@ async def serials_from_simple_json(
 ) -> UpstreamSerials:
     async with session.get(urls.simple_root(), headers={"Accept": SIMPLE_JSON}) as response:
         if response.status != 200:
-            raise UpstreamError(f"root index: HTTP {response.status}")
+            raise UpstreamError(
+                f"root index: HTTP {response.status}",
+                transient=is_transient_status(response.status),
+            )
         content_type = response.headers.get("Content-Type", "")
         if not content_type.startswith(SIMPLE_JSON):
-            raise UpstreamError(f"root index: expected {SIMPLE_JSON}, got {content_type!r}")
+            # The same request gets the same answer: not asked again.
+            raise UpstreamError(
+                f"root index: expected {SIMPLE_JSON}, got {content_type!r}", transient=False
+            )
         header_serial = _as_serial(response.headers.get("X-PyPI-Last-Serial"))
         body = await response.read()
     serials = parse_serials_json(body, counter)

@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -38,8 +39,8 @@ from pypi_mirror.index.serials import UpstreamSerials, fetch_serials
 from pypi_mirror.index.store import delete_project_pages, load_index_files, save_project
 from pypi_mirror.names import metadata_path, normalize
 from pypi_mirror.progress import Progress, format_duration
-from pypi_mirror.repo import Repo
-from pypi_mirror.upstream import UpstreamError, UpstreamUrls, make_session
+from pypi_mirror.repo import Repo, is_disk_full
+from pypi_mirror.upstream import UpstreamError, UpstreamUrls, is_transient_status, make_session
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +93,33 @@ class IndexSyncResult:
     files_deleted: int = 0
     interrupted: bool = False
     aborted: str | None = None  # the whole run was refused (listing failed, deletion cap)
+    disk_full: str | None = None  # why storing stopped early (ENOSPC, SQLITE_FULL)
+    not_attempted: int = 0  # planned projects left alone after the disk filled up
+    root_failed: str | None = None  # the root index could not be written
     seconds: float = 0.0
     root_seconds: float = 0.0
+
+    @property
+    def failed_count(self) -> int:
+        """Projects not brought up to date: those that failed, and after a full disk those
+        that were not even tried."""
+        return len(self.failed) + self.not_attempted
 
     def summary(self, limit: int = 20) -> str:
         lines = [
             f"index sync: {self.new} new, {self.updated} updated, {self.removed} removed, "
-            f"{len(self.failed)} failed, {self.skipped} skipped, "
+            f"{self.failed_count} failed, {self.skipped} skipped, "
             f"{self.files_deleted} cached files deleted, in {format_duration(self.seconds)}"
         ]
         if self.aborted:
             lines.append(f"index sync aborted: {self.aborted}")
+        if self.disk_full:
+            lines.append(
+                f"index sync stopped: the disk is full ({self.disk_full}); "
+                f"{self.not_attempted} of the failed projects were not attempted"
+            )
+        if self.root_failed:
+            lines.append(f"index sync: the root index was not written ({self.root_failed})")
         if self.interrupted:
             lines.append("index sync interrupted: stopped at a project boundary")
         if self.failed:
@@ -170,6 +187,7 @@ class _Answer:
     status: str  # "ok" | "stale" | "missing" | "failed"
     body: bytes = b""
     reason: str = ""
+    retry: bool = True  # for "failed": False when the same request would get the same answer
 
 
 def _header_serial(response: aiohttp.ClientResponse) -> int | None:
@@ -201,7 +219,7 @@ class _Fetcher:
                 reason = "timeout" if isinstance(error, TimeoutError) else str(error) or repr(error)
                 answer = _Answer("failed", reason=reason)
             if answer.status == "failed":
-                if errors >= self.retries:
+                if errors >= self.retries or not answer.retry:
                     return answer
                 log.debug("%s: %s; retrying", name, answer.reason)
                 await asyncio.sleep(self._backoff(errors))
@@ -223,7 +241,12 @@ class _Fetcher:
             if response.status == 404:
                 return _Answer("missing")
             if response.status != 200:
-                return _Answer("failed", reason=f"HTTP {response.status}")
+                status = response.status
+                return _Answer("failed", reason=f"HTTP {status}", retry=is_transient_status(status))
+            content_type = response.headers.get("Content-Type", "")
+            if content_type and "json" not in content_type.lower():
+                # An HTML error page or a login portal: asking again gets the same.
+                return _Answer("failed", reason=f"not JSON: {content_type!r}", retry=False)
             body = await response.read()
             header = _header_serial(response)
         # PyPI sends the project's serial in a header; only without one is the body parsed here
@@ -243,6 +266,7 @@ class Outcome:
     reason: str = ""
     files_deleted: int = 0
     serial: int = 0
+    disk_full: bool = False  # failed because the disk (or the database's) is full
 
 
 def delete_cached(repo: Repo, db: Database, paths: Iterable[str]) -> int:
@@ -300,8 +324,10 @@ def apply_project(repo: Repo, db: Database, name: str, body: bytes) -> Outcome:
             # Only for a project new to us: the pages went to the project the body names.
             return Outcome("failed", f"upstream answered with project {rendered.name!r}")
         return Outcome("new" if row is None else "updated", "", deleted, rendered.serial)
-    except (OSError, RenderError) as error:
-        return Outcome("failed", f"cannot store: {error}")
+    except (OSError, RenderError, sqlite3.Error) as error:
+        # sqlite3.Error: "database or disk is full" is this project's failure, counted like
+        # any other, not the end of the run with every count lost.
+        return Outcome("failed", f"cannot store: {error}", disk_full=is_disk_full(error))
 
 
 def remove_project(repo: Repo, db: Database, name: str, listed_at: float) -> tuple[bool, int]:
@@ -342,12 +368,23 @@ async def list_upstream(
                     )
                 return listing
         except UpstreamError as error:
-            if attempt >= config.sync.retry:
+            if attempt >= config.sync.retry or not error.transient:
                 raise
             delay = min(tuning.backoff * 2**attempt, tuning.max_backoff)
             log.warning("listing projects failed (%s); retrying in %.1fs", error, delay)
             await asyncio.sleep(delay)
             attempt += 1
+
+
+def listing_failed(config: Config, error: UpstreamError) -> str:
+    """Why the run cannot start, with the way around an upstream that refuses XML-RPC."""
+    message = f"cannot list the upstream's projects: {error}"
+    if config.upstream.serials_source == "xmlrpc" and "serials_source" not in message:
+        message += (
+            " (an upstream without XML-RPC can be listed from its PEP 691 JSON root"
+            " index: upstream.serials_source: simple-json)"
+        )
+    return message
 
 
 async def plan_sync(config: Config, db: Database | None, tuning: SyncTuning = SyncTuning()) -> Plan:
@@ -367,8 +404,28 @@ async def sync_index(
     progress_bar: bool | None = None,
 ) -> IndexSyncResult:
     """Bring the local index up to the upstream's. ``stop`` ends it at a project boundary."""
-    stop = stop or threading.Event()
     result = IndexSyncResult()
+    clock = time.monotonic()
+    try:
+        await _sync_index(config, repo, db, result, stop or threading.Event(), tuning, progress_bar)
+    except Exception as error:
+        # The local store failed as a whole (one project's failure is counted, not raised);
+        # what was done until then is still reported.
+        log.exception("index sync failed")
+        result.aborted = f"{type(error).__name__}: {error}"
+    result.seconds = time.monotonic() - clock
+    return result
+
+
+async def _sync_index(
+    config: Config,
+    repo: Repo,
+    db: Database,
+    result: IndexSyncResult,
+    stop: threading.Event,
+    tuning: SyncTuning,
+    progress_bar: bool | None,
+) -> None:
     clock = time.monotonic()
     repo.pages_staging_dir.mkdir(parents=True, exist_ok=True)
     leftovers = repo.clear_stale_staging()
@@ -385,14 +442,8 @@ async def sync_index(
         try:
             upstream = await list_upstream(config, session, tuning, progress_bar)
         except UpstreamError as error:
-            result.aborted = f"cannot list the upstream's projects: {error}"
-            if config.upstream.serials_source == "xmlrpc":
-                result.aborted += (
-                    " (an upstream without XML-RPC can be listed from its PEP 691 JSON root"
-                    " index: upstream.serials_source: simple-json)"
-                )
-            result.seconds = time.monotonic() - clock
-            return result
+            result.aborted = listing_failed(config, error)
+            return
         listed_in = time.monotonic() - clock
         plan = make_plan(upstream, db.iter_serials_sorted())
         del upstream
@@ -408,8 +459,7 @@ async def sync_index(
         )
         if len(plan.removed) > config.sync.max_deletions:
             result.aborted = deletion_cap_message(len(plan.removed), config.sync.max_deletions)
-            result.seconds = time.monotonic() - clock
-            return result
+            return
         cpu_before = _cpu_seconds()
         local = _Local.start(config, repo, db, tuning, plan.to_fetch)
         try:
@@ -441,12 +491,18 @@ async def sync_index(
     if not result.interrupted:
         root_clock = time.monotonic()
         written_max = max(local.serials, default=0)
-        global_serial = _root_serial(db, plan, written_max, complete=not result.failed)
-        write_root_index(repo, db, global_serial)
+        complete = not result.failed and not result.not_attempted
+        global_serial = _root_serial(db, plan, written_max, complete=complete)
+        try:
+            write_root_index(repo, db, global_serial)
+        except (OSError, sqlite3.Error) as error:
+            # The projects stored stay stored (their pages are served); the root index is
+            # written again by the next run.
+            log.error("root index not written: %s", error)
+            result.root_failed = f"{type(error).__name__}: {error}"
+            return
         result.root_seconds = time.monotonic() - root_clock
         log.info("root index written in %s", format_duration(result.root_seconds))
-    result.seconds = time.monotonic() - clock
-    return result
 
 
 def _cpu_seconds() -> float:
@@ -555,13 +611,15 @@ class _FetchRun:
         self.result = result
         self.listed_at = listed_at  # wall clock when the upstream was listed
         self.fetching: set[asyncio.Task[None]] = set()
+        self.planned = plan.to_fetch
+        self.recorded = 0
 
     async def worker(self, stop: threading.Event, progress: Progress) -> None:
         me = asyncio.current_task()
         assert me is not None
         # One shared iterator: next() is atomic between awaits.
         for name, listed in self.order:
-            if stop.is_set():
+            if stop.is_set() or self.result.disk_full:
                 return
             self.fetching.add(me)
             try:
@@ -588,6 +646,7 @@ class _FetchRun:
 
     def record(self, name: str, answer: _Answer, outcome: Outcome) -> None:
         result = self.result
+        self.recorded += 1
         result.files_deleted += outcome.files_deleted
         if outcome.kind == "new":
             result.new += 1
@@ -600,6 +659,10 @@ class _FetchRun:
         else:
             result.failed[name] = outcome.reason
             log.warning("%s: %s", name, outcome.reason)
+        if outcome.disk_full and not result.disk_full:
+            # Every further project would be fetched only to fail the same way.
+            result.disk_full = outcome.reason.removeprefix("cannot store: ")
+            log.error("the disk is full: no further projects are fetched this run")
 
     async def run(
         self, concurrency: int, stop: threading.Event, progress: Progress, tuning: SyncTuning
@@ -624,6 +687,8 @@ class _FetchRun:
         for outcome in outcomes:
             if isinstance(outcome, Exception):
                 raise outcome
+        if self.result.disk_full:
+            self.result.not_attempted = self.planned - self.recorded
 
 
 def _root_serial(db: Database, plan: Plan, written_max: int, *, complete: bool) -> int:
@@ -644,6 +709,7 @@ __all__ = [
     "SyncTuning",
     "deletion_cap_message",
     "format_plan",
+    "listing_failed",
     "make_plan",
     "plan_sync",
     "sync_index",
