@@ -52,7 +52,6 @@ MAX_HEAD = 64 * 1024
 MAX_BODY = 1024 * 1024  # our endpoints take no body beyond a small XML-RPC call
 LINGER = 2.0  # seconds a connection reads and drops after a bad head
 MAX_PIPELINED = 32  # requests parsed ahead of their answers before reading pauses
-SENDFILE_SLICE = 16 * 1024 * 1024
 
 Answer = Response | Coroutine[Any, Any, Response]
 Handler = Callable[[Request], Answer]
@@ -273,6 +272,11 @@ class HttpProtocol(asyncio.Protocol):
         request.method = parser.get_method().decode("ascii")
         request.keep_alive = parser.should_keep_alive()
         target = request.target
+        if not target.startswith("/") and target.startswith(("http://", "https://")):
+            # absolute-form (RFC 9112 3.2.2): the path is ours, the authority is not used
+            rest = target.split("://", 1)[1]
+            slash = rest.find("/")
+            target = rest[slash:] if slash >= 0 else "/"
         path, _, request.query = target.partition("?")
         request.path = path
         if self.waiting_for == "head":
@@ -493,14 +497,13 @@ class HttpProtocol(asyncio.Protocol):
         self, request: Request, status: int, body: FileBody, already: int = 0
     ) -> int:
         """The rest of a file body: sendfile(2) each time the socket can take more (plain
-        TCP), else read and write with flow control (TLS). Logs the request."""
-        sent = already
+        TCP), else read and write with flow control (TLS). Logs the request with the bytes
+        that really left, also when the client goes away."""
+        start = body.offset - already
         try:
             if self.sock is not None:
                 await self._drain()
-                while body.count:
-                    written = await self._pump(body)
-                    sent += written
+                await self._pump(body)
             else:
                 while body.count:
                     chunk = os.pread(body.fd, min(body.count, 256 * 1024), body.offset)
@@ -509,35 +512,40 @@ class HttpProtocol(asyncio.Protocol):
                     await self._send_bytes(chunk)
                     body.offset += len(chunk)
                     body.count -= len(chunk)
-                    sent += len(chunk)
         except (ClientGone, asyncio.CancelledError):
+            sent = body.offset - start
             log.debug("client %s left %s after %d bytes", self.remote, request.target, sent)
             self._log(request, status, sent)
             raise
         finally:
             body.close()
+        sent = body.offset - start
         self._log(request, status, sent)
         return sent
 
-    async def _pump(self, body: FileBody) -> int:
-        """sendfile(2) whenever the socket is writable, up to SENDFILE_SLICE bytes, each slice
-        within ``timeouts.write``. The transport holds nothing and writes nothing meanwhile
-        (this connection is busy), so the socket is ours alone; the writer stays registered
-        for the whole slice (``loop.sendfile`` re-registers between every two calls)."""
+    async def _pump(self, body: FileBody) -> None:
+        """sendfile(2) whenever the socket is writable, until the body is out; cut when the
+        client takes nothing for ``timeouts.write`` (a slow reader that keeps reading is
+        served). The transport holds nothing and writes nothing meanwhile (this connection
+        is busy), so the socket is ours alone; the writer stays registered throughout
+        (``loop.sendfile`` re-registers between every two calls)."""
         assert self.sock is not None
+        loop = self.loop
         sock_fd = self.sock.fileno()
-        stop = min(body.count, SENDFILE_SLICE)
-        done: asyncio.Future[int] = self.loop.create_future()
-        progress = 0
+        done: asyncio.Future[None] = loop.create_future()
+        timeout = self.context.write_timeout
+        last_progress = loop.time()
 
         def ready() -> None:
-            nonlocal progress
+            nonlocal last_progress
             try:
-                while progress < stop:
-                    written = os.sendfile(sock_fd, body.fd, body.offset + progress, stop - progress)
+                while body.count:
+                    written = os.sendfile(sock_fd, body.fd, body.offset, body.count)
                     if written == 0:
                         raise ClientGone("file ended early")
-                    progress += written
+                    body.offset += written
+                    body.count -= written
+                    last_progress = loop.time()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
@@ -545,19 +553,26 @@ class HttpProtocol(asyncio.Protocol):
                     done.set_exception(ClientGone(str(error)))
                 return
             if not done.done():
-                done.set_result(progress)
+                done.set_result(None)
 
-        self.loop._add_writer(sock_fd, ready)  # type: ignore[attr-defined]
+        def watch() -> None:
+            nonlocal watchdog
+            if done.done():
+                return
+            idle_until = last_progress + timeout
+            if loop.time() >= idle_until:
+                done.set_exception(ClientGone("client stopped reading (timeouts.write)"))
+            else:
+                watchdog = loop.call_at(idle_until, watch)
+
+        watchdog = loop.call_at(last_progress + timeout, watch) if timeout else None
+        loop._add_writer(sock_fd, ready)  # type: ignore[attr-defined]
         try:
-            async with asyncio.timeout(self.context.write_timeout or None):
-                await done
-        except TimeoutError:
-            raise ClientGone("client stopped reading (timeouts.write)") from None
+            await done
         finally:
-            self.loop._remove_writer(sock_fd)  # type: ignore[attr-defined]
-        body.offset += progress
-        body.count -= progress
-        return progress
+            loop._remove_writer(sock_fd)  # type: ignore[attr-defined]
+            if watchdog is not None:
+                watchdog.cancel()
 
     # -- streamed bodies -------------------------------------------------------------------
 
