@@ -3,16 +3,16 @@ than parsing wrk's human-readable units)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
-import urllib.error
-import urllib.request
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 # A pip-like agent: not a bot, so every file request on our server queues a vote.
 USER_AGENT = 'pip/24.2 {"installer":{"name":"pip","version":"24.2"}} benchmarks/serve'
-ACCEPT_HTML = "text/html"
 
 REPORT_LUA = """\
 done = function(summary, latency, requests)
@@ -42,19 +42,16 @@ class LoadResult:
         return 1e6 * self.server_cpu / self.requests if self.requests else 0.0
 
     @property
+    def cpu_seconds_per_gib(self) -> float:
+        return self.server_cpu / (self.bytes / 2**30) if self.bytes else 0.0
+
+    @property
     def requests_per_second(self) -> float:
         return self.requests / self.seconds
 
     @property
     def megabytes_per_second(self) -> float:
         return self.bytes / self.seconds / 1e6
-
-
-def headers_for(key: str) -> dict[str, str]:
-    headers = {"User-Agent": USER_AGENT}
-    if key == "page":
-        headers["Accept"] = ACCEPT_HTML
-    return headers
 
 
 def run_wrk(
@@ -66,10 +63,14 @@ def run_wrk(
     connections: int,
     threads: int,
     script_dir: Path,
+    lua: str = "",
+    name: str = "report",
 ) -> LoadResult:
-    script = script_dir / "report.lua"
-    if not script.exists() or script.read_text() != REPORT_LUA:
-        script.write_text(REPORT_LUA)
+    """One wrk run; ``lua`` (say, a request() function) goes before the reporting hook."""
+    script = script_dir / f"{name}.lua"
+    text = lua + REPORT_LUA
+    if not script.exists() or script.read_text() != text:
+        script.write_text(text)
     command = [
         wrk,
         f"-t{threads}",
@@ -80,8 +81,8 @@ def run_wrk(
         "-s",
         str(script),
     ]
-    for name, value in headers.items():
-        command += ["-H", f"{name}: {value}"]
+    for header, value in headers.items():
+        command += ["-H", f"{header}: {value}"]
     command.append(url)
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     for line in done.stdout.splitlines():
@@ -99,26 +100,50 @@ def run_wrk(
     raise RuntimeError(f"wrk gave no result (exit {done.returncode}):\n{done.stdout}{done.stderr}")
 
 
-def check_once(base_url: str, path: str, headers: dict[str, str], body: bytes) -> str | None:
-    """One plain request before the load: a problem, or None when the server sent 200 and
-    exactly the file (a 302 to the upstream would otherwise look like a fast answer)."""
-    request = urllib.request.Request(base_url + path, headers=headers)
-    opener = urllib.request.build_opener(_NoRedirect)
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    @property
+    def media_type(self) -> str:
+        return self.headers.get("content-type", "").split(";", 1)[0].strip()
+
+
+def fetch(base_url: str, path: str, headers: dict[str, str], method: str = "GET") -> Answer:
+    """One plain request, redirects not followed (a 302 is an answer of its own here)."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
-        with opener.open(request, timeout=10) as response:
-            got = response.read()
-            status = response.status
-    except urllib.error.HTTPError as error:
-        return f"{path}: HTTP {error.code}"
-    except OSError as error:
-        return f"{path}: {error}"
-    if status != 200:
-        return f"{path}: HTTP {status}"
-    if got != body:
-        return f"{path}: body differs from the file ({len(got)} bytes, expected {len(body)})"
-    return None
+        connection.request(method, path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        names = {name.lower(): value for name, value in response.getheaders()}
+        return Answer(response.status, names, body)
+    finally:
+        connection.close()
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
+def fetch_etags(
+    base_url: str, keys: set[tuple[str, str]], user_agent: str = USER_AGENT
+) -> dict[tuple[str, str], str]:
+    """The current ETag of each (URL path, Accept), by HEAD requests on a few connections."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    local = threading.local()
+
+    def one(key: tuple[str, str]) -> tuple[tuple[str, str], str]:
+        connection = getattr(local, "connection", None)
+        if connection is None:
+            connection = local.connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        path, accept = key
+        connection.request("HEAD", path, headers={"Accept": accept, "User-Agent": user_agent})
+        response = connection.getresponse()
+        response.read()
+        etag = response.getheader("ETag")
+        if response.status != 200 or not etag:
+            raise RuntimeError(f"{base_url}{path}: HTTP {response.status}, ETag {etag!r}")
+        return key, etag
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(pool.map(one, sorted(keys)))
