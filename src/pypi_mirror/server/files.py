@@ -34,29 +34,34 @@ def content_type_of(filename: str) -> str:
 class Files:
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        self.tiers = [str(tier.path) for tier in state.repo.tiers]
+        self.tiers = [(str(tier.path), f"tier{tier.index}") for tier in state.repo.tiers]
 
     def answer(self, request: Request, path: str) -> Response | Any:
         """``path`` is what follows ``/packages/``, unescaped."""
+        request.route = "file"
         if request.method not in ("GET", "HEAD"):
             return method_not_allowed()
         if not is_valid_file_path(path):
             return text(404, "not a PyPI file path")
         state = self.state
-        for tier in self.tiers:
+        for tier, outcome in self.tiers:
             local = small_files.open(f"{tier}/{path}")
             if local is not None:
+                request.outcome = outcome
                 response = answer_file(request, local, content_type_of(path))
                 if request.method == "GET" and response.status < 400:
                     state.vote(request, path)
                 return response
         if path.endswith(METADATA_SUFFIX):
             # Never redirected: the file host may lack it (see server/metadata.py).
+            request.outcome = "proxy"
             return self._remote(request, serve_remote_metadata(request, state, path), path)
         if fallback_mode(state.client_ip(request), state.config.fallback) == "proxy":
+            request.outcome = "proxy"
             return self._remote(request, proxy(request, state, state.urls.file(path)), path)
         if request.method == "GET":
             state.vote(request, path)
+        request.outcome = "302"
         return redirect(302, state.urls.redirect_file(path))
 
     async def _remote(self, request: Request, pending: Any, path: str) -> Response:

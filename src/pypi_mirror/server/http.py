@@ -30,10 +30,12 @@ class Request:
         "headers",
         "keep_alive",
         "method",
+        "outcome",
         "path",
         "proxied",
         "query",
         "remote",
+        "route",
         "started",
         "target",
         "version",
@@ -50,6 +52,11 @@ class Request:
         self.keep_alive = True
         self.started = 0.0
         self.proxied = False  # the answer came through the upstream (access log field)
+        # What answered, for metrics: route "page", "root", "file", "json" or "other";
+        # outcome "tier0", "tier1"…, "302", "proxy", "local", "fetched" (or "" when the
+        # status alone says it: 304, 404, errors).
+        self.route = "other"
+        self.outcome = ""
         self.client: tuple[object, str] | None = None  # memo of the resolved client address
 
     def header(self, name: bytes) -> str | None:

@@ -91,6 +91,7 @@ class SimpleIndex:
 
     def page(self, request: Request, rest: str) -> Response | Any:
         """``rest`` is what follows ``{prefix}/simple``."""
+        request.route = "page"
         if request.method not in ("GET", "HEAD"):
             return method_not_allowed()
         if rest in ("", "/"):
@@ -123,6 +124,7 @@ class SimpleIndex:
         return chosen
 
     def _root(self, request: Request) -> Response:
+        request.route = "root"
         content_type = self._negotiate(request)
         if content_type is None:
             return _not_acceptable()
@@ -158,6 +160,7 @@ class SimpleIndex:
             self._refresh_in_background(name)
         elif not exists:
             return text(404, "no such project")
+        request.outcome = "local"
         return self._answer_page(request, name, content_type)
 
     async def _fetch_then_answer(self, request: Request, name: str, content_type: str) -> Response:
@@ -167,6 +170,7 @@ class SimpleIndex:
             return text(error.status, "upstream unavailable")
         if not present:
             return text(404, "no such project")
+        request.outcome = "fetched"
         return self._answer_page(request, name, content_type)
 
     def _refresh_in_background(self, name: str) -> None:
@@ -200,6 +204,7 @@ class SimpleIndex:
 
     def json_api(self, request: Request, parts: list[str]) -> Response | Any:
         """``/{name}/json`` (local copy, else upstream) and ``/{name}/{version}/json``."""
+        request.route = "json"
         if request.method not in ("GET", "HEAD"):
             return method_not_allowed()
         name = parts[0]
@@ -214,11 +219,14 @@ class SimpleIndex:
             version = parts[1]
             if not is_valid_version(version):
                 return text(404, "no such release")
+            request.outcome = "proxy"
             return proxy(request, state, state.urls.release_json(canonical, version))
         target = str(state.repo.pypi_json(canonical))
         local = small_files.open(target)
         if local is None:
+            request.outcome = "proxy"
             return proxy(request, state, state.urls.project_json(canonical))
+        request.outcome = "local"
         headers = []
         page = str(state.repo.project_json(canonical))
         try:
