@@ -1,4 +1,8 @@
-"""Command line: ``pypi-mirror serve`` and ``pypi-mirror sync``."""
+"""Command line: ``pypi-mirror serve``, ``sync`` and ``check``.
+
+Exit status 2 means nothing was started: a bad configuration, or an environment it cannot
+work in (preflight.py); each message names the configuration key.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from pathlib import Path
 import click
 
 from pypi_mirror import __version__
-from pypi_mirror.config import Config, ConfigError, load_config
+from pypi_mirror.config import Config, ConfigError, load_config, parse_listen
+from pypi_mirror.preflight import Command, preflight
 
 log = logging.getLogger("pypi_mirror")
 
@@ -23,12 +28,40 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def load_or_exit(config_path: Path | None) -> Config:
+EXIT_CONFIG = 2
+
+
+def load_or_exit(
+    config_path: Path | None, listen: str | None = None, repo_path: Path | None = None
+) -> Config:
+    overrides: dict[str, str] = {}
+    if listen is not None:
+        overrides["listen"] = listen
+    if repo_path is not None:
+        overrides["repo_path"] = str(repo_path)
     try:
-        return load_config(config_path)
+        return load_config(config_path, overrides)
     except ConfigError as error:
         click.echo(f"pypi-mirror: configuration error: {error}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
+
+
+def ready_or_exit(config: Config, command: Command) -> None:
+    """Stop before anything starts or is written when the environment cannot work."""
+    problems = preflight(config, command)
+    for problem in problems:
+        click.echo(f"pypi-mirror: configuration error: {problem}", err=True)
+    if problems:
+        sys.exit(EXIT_CONFIG)
+
+
+def _check_listen(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_listen(value)
+        except ValueError as error:
+            raise click.BadParameter(str(error)) from None
+    return value
 
 
 config_option = click.option(
@@ -40,6 +73,18 @@ config_option = click.option(
     help="YAML configuration file (default: ./config.yaml, else the embedded default).",
 )
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+listen_option = click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    callback=_check_listen,
+    help='Listen address, overriding the config\'s `listen` (e.g. "127.0.0.1:8080", ":8080").',
+)
+repo_path_option = click.option(
+    "--repo-path",
+    type=click.Path(path_type=Path),  # a wrong kind of path is reported by preflight
+    default=None,
+    help="Mirror data folder, overriding the config's `repo_path`.",
+)
 
 
 @click.group()
@@ -50,11 +95,16 @@ def main() -> None:
 
 @main.command()
 @config_option
+@listen_option
+@repo_path_option
 @verbose_option
-def serve(config_path: Path | None, verbose: bool) -> None:
+def serve(
+    config_path: Path | None, listen: str | None, repo_path: Path | None, verbose: bool
+) -> None:
     """Serve the simple index, JSON metadata and files; fall back to the upstream."""
     setup_logging(verbose)
-    config = load_or_exit(config_path)
+    config = load_or_exit(config_path, listen, repo_path)
+    ready_or_exit(config, "serve")
     from pypi_mirror.server.run import run_server
 
     sys.exit(run_server(config))
@@ -62,12 +112,52 @@ def serve(config_path: Path | None, verbose: bool) -> None:
 
 @main.command()
 @config_option
+@listen_option
+@repo_path_option
 @verbose_option
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
-def sync(config_path: Path | None, verbose: bool, dry_run: bool) -> None:
-    """Sync the index from the upstream, then manage the file cache (run to completion)."""
+def sync(
+    config_path: Path | None,
+    listen: str | None,
+    repo_path: Path | None,
+    verbose: bool,
+    dry_run: bool,
+) -> None:
+    """Sync the index from the upstream, then manage the file cache (run to completion).
+
+    --listen is accepted so that serve and sync take the same options; sync does not
+    listen."""
     setup_logging(verbose)
-    config = load_or_exit(config_path)
+    config = load_or_exit(config_path, listen, repo_path)
+    ready_or_exit(config, "sync")
     from pypi_mirror.sync_job import run_sync
 
     sys.exit(run_sync(config, dry_run=dry_run))
+
+
+@main.command()
+@config_option
+@listen_option
+@repo_path_option
+@verbose_option
+@click.option("--offline", is_flag=True, help="Skip the upstream checks.")
+def check(
+    config_path: Path | None,
+    listen: str | None,
+    repo_path: Path | None,
+    verbose: bool,
+    offline: bool,
+) -> None:
+    """Check the configuration and the environment; change nothing.
+
+    Folders writable, cache tiers distinct and apart from the index, the access log
+    writable, the listen port free, the upstream reachable (a few requests, 5 s each).
+    Prints one line per check; exits 0 when all pass, 1 when any fails, 2 when the
+    configuration itself is invalid."""
+    setup_logging(verbose)
+    config = load_or_exit(config_path, listen, repo_path)
+    from pypi_mirror.check import report, run_check
+
+    text, status = report(run_check(config, upstream=not offline))
+    click.echo(text)
+    sys.exit(status)

@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -246,11 +247,20 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _tiers_exist(self) -> Config:
-        for index, tier in enumerate(self.cache.tiers or []):
+        tiers = self.cache.tiers or []
+        for index, tier in enumerate(tiers):
             if not tier.path.is_dir():
                 raise ValueError(
                     f"cache.tiers[{index}].path: folder {str(tier.path)!r} does not exist"
                 )
+        # As written (absolute, normalised); preflight repeats this on the resolved paths,
+        # which also catches two spellings of one folder through a symlink.
+        problems = tier_layout_problems(
+            Path(os.path.abspath(self.repo_path)),
+            [Path(os.path.abspath(tier.path)) for tier in tiers],
+        )
+        if problems:
+            raise ValueError("; ".join(f"{key}: {message}" for key, message in problems))
         return self
 
     @property
@@ -260,6 +270,38 @@ class Config(_Strict):
     @property
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
+
+
+def tier_layout_problems(repo_path: Path, tiers: list[Path]) -> list[tuple[str, str]]:
+    """Why these tier folders cannot work together: (key, message) per problem.
+
+    Two tiers on one folder, or one inside another, would each see the other's files: the
+    plan then counts every file twice and deletes the "duplicates" (the whole cache, every
+    second run). A tier that overlaps ``{repo_path}/simple`` or ``/json`` would have its
+    inventory walk the index and remove the index writers' temporary files.
+    """
+    problems: list[tuple[str, str]] = []
+    for index, path in enumerate(tiers):
+        key = f"cache.tiers[{index}].path"
+        for other in range(index):
+            first = tiers[other]
+            if path == first:
+                problems.append((key, f"{str(path)!r} is the same folder as cache.tiers[{other}]"))
+            elif first in path.parents:
+                problems.append((key, f"{str(path)!r} is inside cache.tiers[{other}] ({first})"))
+            elif path in first.parents:
+                problems.append((key, f"{str(path)!r} contains cache.tiers[{other}] ({first})"))
+        for name in ("simple", "json"):
+            index_dir = repo_path / name
+            if path == index_dir or index_dir in path.parents:
+                where = f"{str(path)!r} is in {index_dir}"
+            elif path in index_dir.parents:
+                where = f"{str(path)!r} contains {index_dir}"
+            else:
+                continue
+            problems.append((key, f"{where}, where sync writes the index (give it its own folder)"))
+            break  # a folder that contains one contains both: one message is enough
+    return problems
 
 
 def parse_listen(value: str) -> tuple[str | None, int]:
@@ -310,20 +352,22 @@ def default_repo_path() -> Path:
     return Path(os.environ.get("PYPI_MIRROR_HOME", "data")).resolve()
 
 
-def embedded_default() -> Config:
-    return config_from_dict(
-        {"repo_path": str(default_repo_path()), "listen": "127.0.0.1:8080", "workers": 0}
-    )
+def embedded_default(overrides: Mapping[str, Any] | None = None) -> Config:
+    data = {"repo_path": str(default_repo_path()), "listen": "127.0.0.1:8080", "workers": 0}
+    return config_from_dict({**data, **(overrides or {})})
 
 
-def load_config(path: Path | None) -> Config:
-    """Load ``path``; with no path, ``./config.yaml`` if present, else the embedded default."""
+def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load ``path``; with no path, ``./config.yaml`` if present, else the embedded default.
+
+    ``overrides`` (top-level keys, e.g. from ``--listen``) replace the file's values before
+    validation, so they are checked like the file's own."""
     explicit = path is not None
     path = path or DEFAULT_CONFIG_PATH
     if not path.exists():
         if explicit:
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        config = embedded_default()
+        config = embedded_default(overrides)
         log.info(
             "no config file: running on the embedded default (repo_path %s, upstream %s)",
             config.repo_path,
@@ -340,4 +384,4 @@ def load_config(path: Path | None) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r}: the top level must be a mapping")
-    return config_from_dict(data)
+    return config_from_dict({**data, **(overrides or {})})
