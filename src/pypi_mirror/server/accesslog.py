@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -42,8 +41,7 @@ _local_stamp = _StampCache(
 )
 
 
-def format_mirror_json(
-    *,
+def mirror_json_line(
     moment: float,
     method: str,
     path: str,
@@ -55,6 +53,7 @@ def format_mirror_json(
     referer: str,
     proxied: bool,
 ) -> bytes:
+    """One ``mirror-json`` line (positional: it is called once per request)."""
     return orjson.dumps(
         {
             "time": _utc_stamp(moment),
@@ -95,47 +94,6 @@ def format_combined(
         f'"{_quote(referer or "-")}" "{_quote(user_agent or "-")}"\n'
     )
     return line.encode("utf-8", "backslashreplace")
-
-
-def format_entry(
-    log_format: str,
-    *,
-    method: str,
-    path: str,
-    version: str,
-    status: int,
-    size: int,
-    seconds: float,
-    client_ip: str,
-    user_agent: str,
-    referer: str,
-    proxied: bool,
-) -> bytes:
-    """One access-log line in the configured format (``log.format``)."""
-    if log_format == "combined":
-        return format_combined(
-            moment=time.time(),
-            method=method,
-            path=path,
-            version=version,
-            status=status,
-            size=size,
-            client_ip=client_ip,
-            user_agent=user_agent,
-            referer=referer,
-        )
-    return format_mirror_json(
-        moment=time.time(),
-        method=method,
-        path=path,
-        status=status,
-        size=size,
-        duration_ms=int(seconds * 1000),
-        client_ip=client_ip,
-        user_agent=user_agent,
-        referer=referer,
-        proxied=proxied,
-    )
 
 
 class AccessLogWriter:

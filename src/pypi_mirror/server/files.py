@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import mimetypes
+import time
 from typing import Any
 
 from pypi_mirror.names import METADATA_SUFFIX, is_valid_file_path
 from pypi_mirror.server.clientip import fallback_mode
-from pypi_mirror.server.http import Request, Response, method_not_allowed, redirect, text
+from pypi_mirror.server.http import Request, Response, method_not_allowed, text
 from pypi_mirror.server.localfile import answer_file, small_files
 from pypi_mirror.server.metadata import serve_remote_metadata
 from pypi_mirror.server.proxy import proxy
@@ -31,9 +32,17 @@ def content_type_of(filename: str) -> str:
     return mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
 
+MISS_MEMORY = 1.0  # seconds a path found in no tier is not looked up again
+MISS_MEMO_LIMIT = 20_000
+
+
 class Files:
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        # Paths found in no tier, until when: the popular misses of a partial mirror repeat
+        # many times a second, and each lookup is a failed open per tier. A file that sync
+        # places becomes visible within MISS_MEMORY. Bounded in entries (valid paths only).
+        self._missing: dict[str, float] = {}
         self.tiers = [(str(tier.path), f"tier{tier.index}") for tier in state.repo.tiers]
 
     def answer(self, request: Request, path: str) -> Response | Any:
@@ -44,14 +53,19 @@ class Files:
         if not is_valid_file_path(path):
             return text(404, "not a PyPI file path")
         state = self.state
-        for tier, outcome in self.tiers:
-            local = small_files.open(f"{tier}/{path}")
-            if local is not None:
-                request.outcome = outcome
-                response = answer_file(request, local, content_type_of(path))
-                if request.method == "GET" and response.status < 400:
-                    state.vote(request, path)
-                return response
+        now = time.monotonic()
+        if self._missing.get(path, 0.0) < now:
+            for tier, outcome in self.tiers:
+                local = small_files.open(f"{tier}/{path}")
+                if local is not None:
+                    request.outcome = outcome
+                    response = answer_file(request, local, content_type_of(path))
+                    if request.method == "GET" and response.status < 400:
+                        state.vote(request, path)
+                    return response
+            if len(self._missing) >= MISS_MEMO_LIMIT:
+                self._missing.clear()
+            self._missing[path] = now + MISS_MEMORY
         if path.endswith(METADATA_SUFFIX):
             # Never redirected: the file host may lack it (see server/metadata.py).
             request.outcome = "proxy"
@@ -62,7 +76,8 @@ class Files:
         if request.method == "GET":
             state.vote(request, path)
         request.outcome = "302"
-        return redirect(302, state.urls.redirect_file(path))
+        # A validated path holds nothing a Location must escape.
+        return Response(302, [("Location", state.urls.redirect_file(path))])
 
     async def _remote(self, request: Request, pending: Any, path: str) -> Response:
         response: Response = await pending

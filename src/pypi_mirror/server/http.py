@@ -162,8 +162,8 @@ def method_not_allowed() -> Response:
 
 
 class DateHeader:
-    """The Date value of the current second (formatting a date costs more than a small
-    response's other headers)."""
+    """The ``Date`` and ``Server`` header lines of the current second (formatting a date costs
+    more than a small response's other headers)."""
 
     def __init__(self) -> None:
         self._second = -1
@@ -172,9 +172,9 @@ class DateHeader:
     def __call__(self) -> str:
         second = int(time.time())
         if second != self._second:
-            self._text = formatdate(second, usegmt=True)
+            self._text = f"Date: {formatdate(second, usegmt=True)}\r\nServer: {SERVER_NAME}\r\n"
             self._second = second
         return self._text
 
 
-http_date = DateHeader()
+date_and_server = DateHeader()

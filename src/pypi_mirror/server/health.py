@@ -1,0 +1,132 @@
+"""``/health`` and ``/ready`` for load balancers.
+
+``/health`` answers 200 "ok" whenever the worker answers at all. ``/ready`` answers 200 only
+when this mirror can do its job: the database is readable, the repository is writable (pages
+fetched on demand are written there), the root index is present and the upstream answers
+within a few seconds; otherwise 503 with one line per failed dependency.
+
+The upstream probe is remembered for a few seconds (a load balancer asks every few seconds,
+per worker); a failed probe for less long, so recovery shows soon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+
+import aiohttp
+
+from pypi_mirror.db import DB_FILENAME
+from pypi_mirror.repo import TEMP_PREFIX, Repo
+
+PROBE_TIMEOUT = 3.0  # seconds for the upstream to answer the probe
+PROBE_TTL_OK = 10.0
+PROBE_TTL_FAILED = 2.0
+DB_TIMEOUT = 2.0
+
+
+def check_database(repo_path: Path) -> str | None:
+    """Why the database cannot be read, or None. A new read-only connection each time: the
+    server's own connections would keep reading a deleted or replaced file."""
+    path = repo_path / DB_FILENAME
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=DB_TIMEOUT)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            conn.execute("SELECT 1 FROM settings LIMIT 1").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as error:
+        return f"database not readable: {path}: {error}"
+    return None
+
+
+def check_writable(repo: Repo) -> str | None:
+    """Why the repository cannot be written to, or None: creates and removes a small file
+    where on-demand pages are staged (what `sync` and the server write through)."""
+    folder = repo.pages_staging_dir
+    probe = folder / f"{TEMP_PREFIX}ready-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, b"ready\n")
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        return f"repository not writable: {folder}: {error.strerror or error}"
+    return None
+
+
+def check_root_index(repo: Repo) -> str | None:
+    missing = [str(path) for path in (repo.root_html, repo.root_json) if not path.is_file()]
+    return f"root index missing: {', '.join(missing)}" if missing else None
+
+
+class UpstreamProbe:
+    """HEAD of the upstream's simple index: any HTTP answer below 500 means reachable."""
+
+    def __init__(self, url: str, session: Callable[[], aiohttp.ClientSession]) -> None:
+        self.url = url
+        self.session = session
+        self._result: str | None = None
+        self._until = 0.0
+        self._running: asyncio.Future[str | None] | None = None
+
+    async def problem(self) -> str | None:
+        """Why the upstream is not usable, or None (remembered a few seconds)."""
+        if time.monotonic() < self._until:
+            return self._result
+        if self._running is None:  # concurrent /ready requests share one probe
+            self._running = asyncio.ensure_future(self._probe())
+        try:
+            return await asyncio.shield(self._running)
+        finally:
+            if self._running is not None and self._running.done():
+                self._running = None
+
+    async def _probe(self) -> str | None:
+        try:
+            async with self.session().head(
+                self.url,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT),
+            ) as response:
+                status = response.status
+            result = None if status < 500 else f"upstream {self.url} answered {status}"
+        except TimeoutError:
+            result = f"upstream {self.url} did not answer within {PROBE_TIMEOUT:.0f} s"
+        except aiohttp.ClientError as error:
+            result = f"upstream {self.url} unreachable: {error}"
+        self._result = result
+        self._until = time.monotonic() + (PROBE_TTL_OK if result is None else PROBE_TTL_FAILED)
+        return result
+
+
+class Readiness:
+    """Every dependency checked at once; the local ones on ``executor`` (they touch disks)."""
+
+    def __init__(self, repo: Repo, probe: UpstreamProbe, executor: Executor) -> None:
+        self.repo = repo
+        self.probe = probe
+        self.executor = executor
+
+    def _local_problems(self) -> list[str]:
+        checks = (
+            check_database(self.repo.root),
+            check_writable(self.repo),
+            check_root_index(self.repo),
+        )
+        return [problem for problem in checks if problem]
+
+    async def problems(self) -> list[str]:
+        loop = asyncio.get_running_loop()
+        local = loop.run_in_executor(self.executor, self._local_problems)
+        upstream = await self.probe.problem()
+        problems = await local
+        return problems + ([upstream] if upstream else [])
