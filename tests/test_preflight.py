@@ -118,8 +118,13 @@ def test_repo_path_below_a_regular_file(tmp_path: Path, command: str) -> None:
 def test_repo_path_on_a_read_only_filesystem(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro", "64k", read_only=True) as mount:
         repo = mount / "repo"
-        done = run_cli(tmp_path, "sync", {**base(tmp_path), "repo_path": str(repo)})
+        config = {**base(tmp_path), "repo_path": str(repo)}
+        done = run_cli(tmp_path, "sync", config)
         assert_refused(done, f"repo_path: cannot create '{repo}'", "is not writable")
+        # A dry run writes nothing: reading is all it needs.
+        assert preflight(config_from_dict(config), "dry-run") == []
+        assert preflight(config_from_dict({**config, "repo_path": str(mount)}), "dry-run") == []
+        assert [p.key for p in preflight(config_from_dict(config), "sync")] == ["repo_path"]
 
 
 # -- cache tiers (serve and sync) ----------------------------------------------------------------

@@ -129,7 +129,7 @@ def sync(
     listen."""
     setup_logging(verbose)
     config = load_or_exit(config_path, listen, repo_path)
-    ready_or_exit(config, "sync")
+    ready_or_exit(config, "dry-run" if dry_run else "sync")
     from pypi_mirror.sync_job import run_sync
 
     sys.exit(run_sync(config, dry_run=dry_run))

@@ -18,7 +18,8 @@ from typing import Literal
 
 from pypi_mirror.config import Config, tier_layout_problems
 
-Command = Literal["serve", "sync", "check"]
+# "dry-run": sync --dry-run, which reads the repository and writes nothing.
+Command = Literal["serve", "sync", "dry-run", "check"]
 _WRITABLE = os.W_OK | os.X_OK  # create and rename entries in a folder
 
 
@@ -42,7 +43,8 @@ def preflight(config: Config, command: Command) -> list[Finding]:
 def findings(config: Config, command: Command) -> list[Finding]:
     """Every local check that ``command`` depends on, passed or not."""
     serves = command in ("serve", "check")
-    result = [_repo_path(config)]
+    writes = command != "dry-run"
+    result = [_folder("repo_path", Path(os.path.abspath(config.repo_path)), writes=writes)]
     result += _tiers(config, writable=command in ("sync", "check"))
     if serves:
         result.append(_log_path(config))
@@ -58,8 +60,9 @@ def _kind(mode: int) -> str:
     return "a regular file" if stat.S_ISREG(mode) else "not a folder"
 
 
-def _folder(key: str, path: Path, *, create: bool) -> Finding:
-    """A folder that must be writable; with ``create``, one that may not exist yet."""
+def _folder(key: str, path: Path, *, create: bool = True, writes: bool = True) -> Finding:
+    """A folder that must be writable (with ``writes``); with ``create``, one that may not
+    exist yet (it is created at start)."""
     shown = repr(str(path))
     try:
         mode = os.stat(path).st_mode
@@ -70,11 +73,15 @@ def _folder(key: str, path: Path, *, create: bool) -> Finding:
     if mode is not None:
         if not stat.S_ISDIR(mode):
             return Finding(key, False, f"{shown} is {_kind(mode)}; it must be a folder")
+        if not writes:
+            return Finding(key, True, f"{shown} is a folder")
         if not os.access(path, _WRITABLE):
             return Finding(key, False, f"folder {shown} is not writable by uid {os.geteuid()}")
         return Finding(key, True, f"{shown} is a writable folder")
     if not create:
         return Finding(key, False, f"folder {shown} does not exist")
+    if not writes:
+        return Finding(key, True, f"{shown} does not exist yet")
     # Created at start: the nearest existing ancestor must be a folder we may write.
     ancestor = path.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
@@ -89,10 +96,6 @@ def _folder(key: str, path: Path, *, create: bool) -> Finding:
             f"{os.geteuid()}",
         )
     return Finding(key, True, f"{shown} does not exist yet and will be created")
-
-
-def _repo_path(config: Config) -> Finding:
-    return _folder("repo_path", Path(os.path.abspath(config.repo_path)), create=True)
 
 
 def _tiers(config: Config, *, writable: bool) -> list[Finding]:
