@@ -9,6 +9,7 @@ the listen address is bound once and released.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -202,7 +203,8 @@ def _listen(config: Config) -> Finding:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
     except OSError as error:
-        return Finding("listen", False, f"cannot bind {shown}: {error.strerror}")
+        busy = " (is pypi-mirror serve running already?)" if error.errno == errno.EADDRINUSE else ""
+        return Finding("listen", False, f"cannot bind {shown}: {error.strerror}{busy}")
     finally:
         probe.close()
     return Finding("listen", True, f"{shown} is free")
