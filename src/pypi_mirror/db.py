@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 DB_FILENAME = "pypi-mirror.db"
 BUSY_TIMEOUT_MS = 60_000
@@ -59,8 +60,9 @@ MIGRATIONS: list[str] = [
 ]
 
 
-@dataclass(frozen=True)
-class Vote:
+class Vote(NamedTuple):
+    """A plain tuple, so that the vote recorder can buffer ``(path, prefix, time)`` as is."""
+
     path: str
     prefix: str
     time: float
@@ -92,6 +94,11 @@ class Database:
 
     def close(self) -> None:
         self.conn.close()
+
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long a statement waits for another connection's write lock before it fails
+        with "database is locked" (the vote writer waits briefly and retries by itself)."""
+        self.conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -154,8 +161,9 @@ class Database:
 
     # -- votes -----------------------------------------------------------------------------
 
-    def add_votes(self, votes: Iterable[Vote], dedup_window: float) -> int:
-        """Store votes, skipping a (file, prefix) pair already recorded within the window.
+    def add_votes(self, votes: Iterable[tuple[str, str, float]], dedup_window: float) -> int:
+        """Store ``(path, prefix, time)`` votes (``Vote`` or plain tuples), skipping a
+        (file, prefix) pair already recorded within the window.
 
         Returns how many were stored. One transaction for the whole batch.
         """
@@ -164,18 +172,18 @@ class Database:
             return 0
         stored = 0
         with self.transaction() as conn:
-            ids = self._file_ids(v.path for v in votes)
-            for vote in votes:
-                file_id = ids[vote.path]
-                moment = int(vote.time)
+            ids = self._file_ids(vote[0] for vote in votes)
+            for path, prefix, when in votes:
+                file_id = ids[path]
+                moment = int(when)
                 recent = conn.execute(
                     "SELECT 1 FROM votes WHERE file_id = ? AND prefix = ? AND time > ? LIMIT 1",
-                    (file_id, vote.prefix, moment - dedup_window),
+                    (file_id, prefix, moment - dedup_window),
                 ).fetchone()
                 if recent is None:
                     conn.execute(
                         "INSERT INTO votes (file_id, prefix, time) VALUES (?, ?, ?)",
-                        (file_id, vote.prefix, moment),
+                        (file_id, prefix, moment),
                     )
                     stored += 1
         return stored
@@ -265,12 +273,24 @@ class Database:
             )
 
     # -- cache management ------------------------------------------------------------------
-    # Long deletions run in slices, each its own short transaction, so the server's vote
-    # writer never waits long for the lock while `sync` cleans up.
+    # Phase E deletes in slices, each its own transaction followed by a short pause, so that
+    # the server's vote writers (which retry every few ms) get the write lock in between.
+    # A slice's row count adapts so that it holds the lock about CLEANUP_HOLD: an old vote's
+    # entry in votes_by_file sits anywhere in that index, so each deleted vote writes about
+    # one page, and how many a second that makes depends on the index's size and the disk.
 
-    CLEANUP_SLICE = 100_000
+    CLEANUP_HOLD = 0.1  # seconds of write lock per slice, the target
+    # Seconds between slices, lock free. The vote writer looks every few ms; a connection on
+    # SQLite's own busy wait looks every 100 ms, so it gets in at about one look in five.
+    CLEANUP_PAUSE = 0.025
+    CLEANUP_FIRST_SLICE = 1_000
+    CLEANUP_MAX_SLICE = 100_000
+    # A checkpoint (without the lock) after this many deleted rows, not after every slice:
+    # a page changed by several slices is then copied back once; the WAL stays ~100 MB.
+    CLEANUP_CHECKPOINT_ROWS = 25_000
+    CLEANUP_SCAN = 50_000  # files / remote sizes read (without the lock) per pass
     # Page cache while cleaning up: deleting old votes touches pages of votes_by_file all
-    # over the index; with SQLite's default 2 MB every slice would write them many times.
+    # over the index; with SQLite's default 2 MB a slice would read them many times.
     CLEANUP_CACHE_KIB = 256 * 1024
 
     def local_files_map(self) -> dict[str, tuple[int, int]]:
@@ -299,58 +319,118 @@ class Database:
         return int(row.fetchone()[0])
 
     def delete_votes_before(self, cutoff: float) -> int:
-        return self._delete_in_slices(
-            "DELETE FROM votes WHERE rowid IN (SELECT rowid FROM votes WHERE time < ? LIMIT ?)",
-            cutoff,
-        )
+        def delete_slice(conn: sqlite3.Connection, limit: int) -> int:
+            return conn.execute(
+                "DELETE FROM votes WHERE rowid IN (SELECT rowid FROM votes WHERE time < ? LIMIT ?)",
+                (cutoff, limit),
+            ).rowcount
+
+        deleted = 0
+        with self._cleanup_mode() as slicer:
+            while True:
+                count, limit = slicer.run(delete_slice)
+                deleted += count
+                if count < limit:
+                    return deleted
 
     def count_remote_sizes_before(self, cutoff: float) -> int:
         row = self.conn.execute("SELECT COUNT(*) FROM remote_sizes WHERE checked_at < ?", (cutoff,))
         return int(row.fetchone()[0])
 
     def delete_remote_sizes_before(self, cutoff: float) -> int:
-        return self._delete_in_slices(
-            "DELETE FROM remote_sizes WHERE file_id IN "
-            "(SELECT file_id FROM remote_sizes WHERE checked_at < ? LIMIT ?)",
-            cutoff,
+        # Found without the lock; deleted under it only if still old (re-checked).
+        return self._scan_and_delete(
+            "SELECT file_id FROM remote_sizes WHERE file_id > ? AND checked_at < ? "
+            "ORDER BY file_id LIMIT ?",
+            "DELETE FROM remote_sizes WHERE file_id = ? AND checked_at < ?",
+            (cutoff,),
         )
 
     def delete_unreferenced_files(self) -> int:
-        """Drop interned paths that no vote, local size or remote size refers to any more."""
+        """Drop interned paths that no vote, local size or remote size refers to any more.
+
+        Found without the lock; deleted under it only if still unreferenced (a vote writer
+        may have used the path in between)."""
+        unreferenced = (
+            "NOT EXISTS (SELECT 1 FROM votes WHERE file_id = files.id) "
+            "AND NOT EXISTS (SELECT 1 FROM local_sizes WHERE file_id = files.id) "
+            "AND NOT EXISTS (SELECT 1 FROM remote_sizes WHERE file_id = files.id)"
+        )
+        return self._scan_and_delete(
+            f"SELECT id FROM files WHERE id > ? AND {unreferenced} ORDER BY id LIMIT ?",
+            f"DELETE FROM files WHERE id = ? AND {unreferenced}",
+            (),
+        )
+
+    def _scan_and_delete(self, scan: str, delete: str, extra: tuple[float, ...]) -> int:
+        """``scan`` (params: last id, *extra, limit) lists ids in order, read outside any write
+        transaction; ``delete`` (params: id, *extra) removes one if it still qualifies."""
         deleted = 0
         last = 0
-        while True:
-            with self.transaction() as conn:
-                row = conn.execute(
-                    "SELECT MAX(id) FROM (SELECT id FROM files WHERE id > ? ORDER BY id LIMIT ?)",
-                    (last, self.CLEANUP_SLICE),
-                ).fetchone()
-                if row[0] is None:
-                    return deleted
-                deleted += conn.execute(
-                    "DELETE FROM files WHERE id > ? AND id <= ? "
-                    "AND NOT EXISTS (SELECT 1 FROM votes WHERE file_id = files.id) "
-                    "AND NOT EXISTS (SELECT 1 FROM local_sizes WHERE file_id = files.id) "
-                    "AND NOT EXISTS (SELECT 1 FROM remote_sizes WHERE file_id = files.id)",
-                    (last, row[0]),
-                ).rowcount
-                last = row[0]
-
-    def _delete_in_slices(self, statement: str, cutoff: float) -> int:
-        deleted = 0
-        with self._large_cache():
+        with self._cleanup_mode() as slicer:
             while True:
-                with self.transaction() as conn:
-                    count = conn.execute(statement, (cutoff, self.CLEANUP_SLICE)).rowcount
-                deleted += count
-                if count < self.CLEANUP_SLICE:
+                ids = [row[0] for row in self.conn.execute(scan, (last, *extra, self.CLEANUP_SCAN))]
+                deleted += self._delete_ids(slicer, delete, ids, extra)
+                if len(ids) < self.CLEANUP_SCAN:
                     return deleted
+                last = ids[-1]
+
+    @staticmethod
+    def _delete_ids(slicer: _Slicer, delete: str, ids: list[int], extra: tuple[float, ...]) -> int:
+        deleted = 0
+        position = 0
+
+        def delete_slice(conn: sqlite3.Connection, limit: int) -> int:
+            chunk = ids[position : position + limit]
+            return conn.executemany(delete, ((i, *extra) for i in chunk)).rowcount
+
+        while position < len(ids):
+            count, limit = slicer.run(delete_slice)
+            deleted += count
+            position += limit
+        return deleted
 
     @contextmanager
-    def _large_cache(self) -> Iterator[None]:
-        previous = self.conn.execute("PRAGMA cache_size").fetchone()[0]
+    def _cleanup_mode(self) -> Iterator[_Slicer]:
+        """A large page cache, and checkpoints by the slicer, outside the lock (an automatic
+        one would run inside COMMIT and be counted as the slice's time)."""
+        cache = self.conn.execute("PRAGMA cache_size").fetchone()[0]
+        autocheckpoint = self.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         self.conn.execute(f"PRAGMA cache_size = -{self.CLEANUP_CACHE_KIB}")
+        self.conn.execute("PRAGMA wal_autocheckpoint = 0")
         try:
-            yield
+            yield _Slicer(self)
         finally:
-            self.conn.execute(f"PRAGMA cache_size = {int(previous)}")
+            self.conn.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
+            self.conn.execute(f"PRAGMA cache_size = {int(cache)}")
+
+
+class _Slicer:
+    """Runs one slice of a cleanup per call: a transaction, a checkpoint now and then, a
+    pause; and sizes the next slice so that it holds the write lock about ``CLEANUP_HOLD``."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.limit = db.CLEANUP_FIRST_SLICE
+        self._since_checkpoint = 0
+
+    def run(self, work: Callable[[sqlite3.Connection, int], int]) -> tuple[int, int]:
+        """``work(conn, limit)`` deletes at most ``limit`` rows and returns how many it did.
+        Returns (that count, the limit it was given)."""
+        db = self._db
+        limit = self.limit
+        with db.transaction() as conn:
+            started = time.monotonic()  # after BEGIN: waiting for the lock is not holding it
+            count = work(conn, limit)
+        held = time.monotonic() - started
+        self._since_checkpoint += count
+        if self._since_checkpoint >= db.CLEANUP_CHECKPOINT_ROWS:
+            db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._since_checkpoint = 0
+        if count >= limit:  # a full slice: a fair measure of the rate
+            scaled = limit * db.CLEANUP_HOLD / max(held, 0.001)
+            # At most double or halve per step: one slow or fast slice is not a trend.
+            scaled = min(max(scaled, limit / 2), limit * 2)
+            self.limit = int(min(max(scaled, 100), db.CLEANUP_MAX_SLICE))
+        time.sleep(db.CLEANUP_PAUSE)
+        return count, limit
