@@ -13,6 +13,7 @@ import aiohttp
 
 from pypi_mirror.server.http import Request, Response, StreamBody, text
 from pypi_mirror.server.protocol import UpstreamBroke
+from pypi_mirror.server.relay import RelayAnswer, RelayError, RelayPool
 from pypi_mirror.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ FORWARDED_RESPONSE_HEADERS = (
     "X-PyPI-Last-Serial",
     "Content-Encoding",
 )
+_FORWARDED_RESPONSE_KEYS = tuple((name, name.lower()) for name in FORWARDED_RESPONSE_HEADERS)
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
@@ -56,6 +58,47 @@ async def proxy(request: Request, state: ServerState, url: str) -> Response:
     }
     # Bytes must pass through as the upstream stores them, so Content-Length stays right.
     headers["Accept-Encoding"] = "identity"
+    relay = state.relay()
+    if relay is not None:
+        return await _through_relay(request, relay, url, headers, state.config.timeouts.upstream)
+    return await _through_aiohttp(request, state, url, headers)
+
+
+async def _through_relay(
+    request: Request, relay: RelayPool, url: str, headers: dict[str, str], timeout: float
+) -> Response:
+    try:
+        answer = await relay.request(request.method, url, headers)
+    except RelayError as error:
+        if error.timeout:
+            return text(504, "upstream timed out")
+        log.warning("upstream request %s failed: %s", url, error)
+        return text(502, "upstream unreachable")
+    forwarded = [
+        (name, value)
+        for name, key in _FORWARDED_RESPONSE_KEYS
+        if (value := answer.headers.get(key)) is not None
+    ]
+    if answer.status in _REDIRECTS and "location" in answer.headers:
+        forwarded.append(("Location", answer.headers["location"]))
+    if request.method == "HEAD":
+        answer.release()
+        return Response(answer.status, forwarded, announced=answer.content_length)
+    body = StreamBody(_relayed(answer, timeout), answer.content_length, answer.release)
+    return Response(answer.status, forwarded, stream=body)
+
+
+async def _relayed(answer: RelayAnswer, timeout: float) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in answer.chunks(timeout):
+            yield chunk
+    except RelayError as error:
+        raise UpstreamBroke(str(error)) from None
+
+
+async def _through_aiohttp(
+    request: Request, state: ServerState, url: str, headers: dict[str, str]
+) -> Response:
     try:
         upstream = await state.session().request(
             request.method, url, headers=headers, allow_redirects=False, auto_decompress=False

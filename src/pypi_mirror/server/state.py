@@ -13,6 +13,8 @@ from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import AccessLogWriter
 from pypi_mirror.server.clientip import ClientResolver, IPAddress, vote_prefix
 from pypi_mirror.server.http import Request
+from pypi_mirror.server.relay import RelayPool
+from pypi_mirror.server.tally import RequestTally
 from pypi_mirror.upstream import UpstreamUrls, make_session
 
 PREFIX_MEMO_LIMIT = 10_000
@@ -26,7 +28,9 @@ class ServerState:
     urls: UpstreamUrls
     votes: VoteRecorder
     access_log: AccessLogWriter | None
+    tally: RequestTally | None = None  # counts upstream requests (metrics)
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
+    _relay: RelayPool | None = field(default=None, repr=False)
     clients: ClientResolver = field(init=False, repr=False)
     _prefixes: dict[IPAddress, str] = field(default_factory=dict, repr=False)
     _recent: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
@@ -37,12 +41,24 @@ class ServerState:
     def session(self) -> aiohttp.ClientSession:
         """The upstream session, made on first use inside the running loop."""
         if self._session is None or self._session.closed:
-            self._session = make_session(self.config)
+            traces = None if self.tally is None else [self.tally.trace_config()]
+            self._session = make_session(self.config, trace_configs=traces)
         return self._session
+
+    def relay(self) -> RelayPool | None:
+        """The connection pool for proxied downloads; None when ``upstream.proxy`` is set
+        (aiohttp's client then carries every request: it speaks HTTP and SOCKS proxies)."""
+        if self.config.upstream.proxy:
+            return None
+        if self._relay is None:
+            self._relay = RelayPool(self.config.sync.user_agent, self.config.timeouts.upstream)
+        return self._relay
 
     async def close_session(self) -> None:
         if self._session is not None:
             await self._session.close()
+        if self._relay is not None:
+            self._relay.close()
 
     def client_ip(self, request: Request) -> IPAddress | None:
         return self.client(request)[0]
