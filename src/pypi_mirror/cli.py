@@ -1,4 +1,4 @@
-"""Command line: ``pypi-mirror serve``, ``sync`` and ``check``.
+"""Command line: ``pypi-mirror serve``, ``sync``, ``check`` and ``status``.
 
 Exit status 2 means nothing was started: a bad configuration, or an environment it cannot
 work in (preflight.py); each message names the configuration key.
@@ -161,3 +161,19 @@ def check(
     text, status = report(run_check(config, upstream=not offline))
     click.echo(text)
     sys.exit(status)
+
+
+@main.command()
+@config_option
+@repo_path_option
+@verbose_option
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+def status(config_path: Path | None, repo_path: Path | None, verbose: bool, as_json: bool) -> None:
+    """Print the mirror's status: index freshness, cache tiers, traffic and hit rate, the
+    most-voted projects and the last sync runs (from its database: the server need not run).
+    Exits 1 when there is no database to read."""
+    setup_logging(verbose)
+    config = load_or_exit(config_path, None, repo_path)
+    from pypi_mirror.status_cli import print_status
+
+    sys.exit(print_status(config, as_json=as_json))

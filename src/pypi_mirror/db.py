@@ -57,6 +57,26 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 1 -> 2: what the server answered, per hour (each worker adds its counts), and the
+    # runs of `sync`, for the status page and `pypi-mirror status`.
+    """
+    CREATE TABLE traffic_hourly (
+        hour     INTEGER NOT NULL,
+        route    TEXT    NOT NULL,
+        outcome  TEXT    NOT NULL,
+        status   INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        bytes    INTEGER NOT NULL,
+        PRIMARY KEY (hour, route, outcome, status)
+    ) WITHOUT ROWID;
+    CREATE TABLE sync_runs (
+        id       INTEGER PRIMARY KEY,
+        started  REAL NOT NULL,
+        finished REAL NOT NULL,
+        result   TEXT NOT NULL,
+        summary  TEXT NOT NULL
+    );
+    """,
 ]
 
 
@@ -271,6 +291,75 @@ class Database:
                 "checked_at = excluded.checked_at",
                 ((ids[p], size, now) for p, size in sizes),
             )
+
+    # -- traffic and sync runs (status page, /metrics, `pypi-mirror status`) ---------------
+
+    SYNC_RUNS_KEPT = 500
+
+    def add_traffic(self, rows: Iterable[tuple[int, str, str, int, int, int]]) -> None:
+        """Add (hour, route, outcome, status, requests, bytes) counts to the hourly rows."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO traffic_hourly (hour, route, outcome, status, requests, bytes) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (hour, route, outcome, status) DO UPDATE "
+                "SET requests = requests + excluded.requests, bytes = bytes + excluded.bytes",
+                rows,
+            )
+
+    def traffic_since(self, hour: int) -> list[tuple[int, str, str, int, int, int]]:
+        """(hour, route, outcome, status, requests, bytes) of every hour from ``hour`` on."""
+        return self.conn.execute(
+            "SELECT hour, route, outcome, status, requests, bytes FROM traffic_hourly "
+            "WHERE hour >= ? ORDER BY hour",
+            (hour,),
+        ).fetchall()
+
+    def delete_traffic_before(self, hour: int) -> int:
+        return self.conn.execute("DELETE FROM traffic_hourly WHERE hour < ?", (hour,)).rowcount
+
+    def add_sync_run(self, started: float, finished: float, result: str, summary: str) -> None:
+        """Record one `sync` run (``summary``: a JSON object of its counts); keeps the last
+        SYNC_RUNS_KEPT."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO sync_runs (started, finished, result, summary) VALUES (?, ?, ?, ?)",
+                (started, finished, result, summary),
+            )
+            conn.execute(
+                "DELETE FROM sync_runs WHERE id <= (SELECT MAX(id) FROM sync_runs) - ?",
+                (self.SYNC_RUNS_KEPT,),
+            )
+
+    def sync_runs(self, limit: int) -> list[tuple[float, float, str, str]]:
+        """(started, finished, result, summary) of the last ``limit`` runs, newest first."""
+        return self.conn.execute(
+            "SELECT started, finished, result, summary FROM sync_runs ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+
+    def last_sync_run(self, result: str) -> tuple[float, float, str, str] | None:
+        """The newest run that ended with ``result`` (e.g. "ok")."""
+        return self.conn.execute(
+            "SELECT started, finished, result, summary FROM sync_runs WHERE result = ? "
+            "ORDER BY id DESC LIMIT 1",
+            (result,),
+        ).fetchone()
+
+    def local_usage(self) -> list[tuple[int, int, int]]:
+        """(tier, files, bytes) of the files recorded in local_sizes, per tier."""
+        return self.conn.execute(
+            "SELECT tier, COUNT(*), COALESCE(SUM(size), 0) FROM local_sizes GROUP BY tier"
+        ).fetchall()
+
+    def most_voted_files(self, since: float, limit: int) -> list[tuple[str, int]]:
+        """(path, votes) of the ``limit`` files with the most votes since ``since``."""
+        return self.conn.execute(
+            "SELECT f.path, v.votes FROM ("
+            "  SELECT file_id, COUNT(*) AS votes FROM votes WHERE time >= ? "
+            "  GROUP BY file_id ORDER BY votes DESC LIMIT ?"
+            ") v JOIN files f ON f.id = v.file_id ORDER BY v.votes DESC",
+            (since, limit),
+        ).fetchall()
 
     # -- cache management ------------------------------------------------------------------
     # Phase E deletes in slices, each its own transaction followed by a short pause, so that

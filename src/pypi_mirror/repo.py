@@ -197,6 +197,11 @@ class Repo:
         run's leftovers are found here without listing a million project folders."""
         return self.root / ".staging"
 
+    @property
+    def metrics_dir(self) -> Path:
+        """The server workers' Prometheus values (emptied each time `serve` starts)."""
+        return self.root / ".metrics"
+
     def write_project(self, name: str, pypi_json: bytes, html: bytes, simple_json: bytes) -> None:
         """Write a project's three documents, each atomically; the JSON API copy last so that
         a project whose JSON exists always has its pages."""

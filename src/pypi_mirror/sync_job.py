@@ -12,6 +12,7 @@ import fcntl
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ from pypi_mirror.index.sync import (
     sync_index,
 )
 from pypi_mirror.repo import Repo
+from pypi_mirror.status import record_sync_run
 from pypi_mirror.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,10 @@ def run_sync(
 def _run(config: Config, repo: Repo, tuning: SyncTuning, progress_bar: bool | None) -> int:
     db = Database.open(config.repo_path)
     stop = StopFlag()
+    started = time.time()
+    index: IndexSyncResult | None = None
+    cache: CacheResult | None = None
+    failures: list[str] = []
     try:
         with stop_on_signals(stop):
             index = _run_index(config, repo, db, stop, tuning, progress_bar)
@@ -122,6 +128,8 @@ def _run(config: Config, repo: Repo, tuning: SyncTuning, progress_bar: bool | No
                 print(cache.summary(), flush=True)
                 failures.extend(_cache_failures(cache))
     finally:
+        # For the status page and /metrics (also a run that broke off: it ran).
+        record_sync_run(db, started, index, cache, failures, stop.signum is not None)
         db.close()
     if stop.signum is not None:
         print(f"sync interrupted by {signal.Signals(stop.signum).name}", flush=True)

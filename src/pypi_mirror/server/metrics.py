@@ -31,16 +31,14 @@ if TYPE_CHECKING:
     from pypi_mirror.server.ondemand import OnDemandIndex
     from pypi_mirror.status import Facts
 
-METRICS_DIR = ".metrics"
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "pypi_mirror_"
 
 
-def prepare_metrics_dir(repo_path: Path) -> Path:
-    """Empty ``{repo_path}/.metrics/`` and select multiprocess mode, before any worker starts
-    (the values of an earlier run would otherwise be summed into this one's)."""
-    folder = repo_path / METRICS_DIR
+def prepare_metrics_dir(folder: Path) -> Path:
+    """Empty ``folder`` (``Repo.metrics_dir``) and select multiprocess mode, before any worker
+    starts (the values of an earlier run would otherwise be summed into this one's)."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     os.environ[ENV] = str(folder)

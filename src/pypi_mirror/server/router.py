@@ -4,6 +4,7 @@ the access-log line of every answered request."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -12,14 +13,23 @@ from pypi_mirror.server.files import Files
 from pypi_mirror.server.http import Request, Response, redirect, text
 from pypi_mirror.server.simple import SimpleIndex
 from pypi_mirror.server.state import ServerState
+from pypi_mirror.server.tally import RequestTally
 
 MAX_PATH = 1024
 
 
 class Router:
-    def __init__(self, state: ServerState, simple: SimpleIndex) -> None:
+    def __init__(
+        self,
+        state: ServerState,
+        simple: SimpleIndex,
+        exact: Mapping[str, Callable[[Request], Any]] | None = None,
+    ) -> None:
         self.state = state
         self.simple = simple
+        # Exact paths answered by their own handler: /metrics, /health, /ready, the status
+        # page (at the root and under the prefix). One dict look-up, after the file paths.
+        self.exact = dict(exact or {})
         self.files = Files(state)
         self.prefix = state.config.prefix
         self.packages = f"{self.prefix}/packages/"
@@ -34,6 +44,9 @@ class Router:
             # is judged by the same strict shape check as a plain one.
             rest = raw[len(self.packages) :]
             return self.files.answer(request, unquote(rest) if "%" in rest else rest)
+        handler = self.exact.get(raw)
+        if handler is not None:
+            return handler(request)
         if not raw.startswith(self.prefix + "/"):
             return text(404, "not found")
         rest = raw[len(self.prefix) :]
@@ -55,13 +68,20 @@ class Router:
 
 
 class AccessLog:
-    """Writes one line per answered request (a no-op without ``log.path``)."""
+    """Writes one line per answered request (a no-op without ``log.path``), and counts it in
+    ``tally`` (metrics)."""
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, tally: RequestTally | None = None) -> None:
         self.state = state
         self.combined = state.config.log.format == "combined"
+        self.tally = tally
 
     def __call__(self, request: Request, status: int, size: int) -> None:
+        now = time.monotonic()
+        if self.tally is not None:
+            self.tally.record(
+                request, status, size, now - request.started if request.started else 0.0
+            )
         writer = self.state.access_log
         if writer is None:
             return
@@ -79,7 +99,6 @@ class AccessLog:
                 referer=request.text_for_log(b"referer"),
             )
         else:
-            now = time.monotonic()
             line = mirror_json_line(
                 time.time(),
                 request.method or "-",

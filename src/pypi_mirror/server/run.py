@@ -25,11 +25,14 @@ from pypi_mirror.db import Database
 from pypi_mirror.index.root import GLOBAL_SERIAL_KEY, write_root_index
 from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import FLUSH_INTERVAL, AccessLogWriter
+from pypi_mirror.server.metrics import forget_worker, prepare_metrics_dir
+from pypi_mirror.server.monitor import Monitor
 from pypi_mirror.server.ondemand import OnDemandIndex
 from pypi_mirror.server.protocol import ServerContext
 from pypi_mirror.server.router import AccessLog, Router
 from pypi_mirror.server.simple import SimpleIndex
 from pypi_mirror.server.state import ServerState
+from pypi_mirror.server.tally import RequestTally
 from pypi_mirror.upstream import UpstreamUrls
 
 log = logging.getLogger(__name__)
@@ -75,12 +78,14 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
     votes = VoteRecorder(config.repo_path / "pypi-mirror.db", config.cache.dedup_window)
     votes.start()
     access_log = AccessLogWriter(config.log.path) if config.log.path else None
-    state = ServerState(config, repo, urls, votes, access_log)
+    tally = RequestTally()
+    state = ServerState(config, repo, urls, votes, access_log, tally=tally)
     ondemand = OnDemandIndex(config, repo, urls, state.session)
     simple = SimpleIndex(state, ondemand)
+    monitor = Monitor(state, tally, ondemand)
     context = ServerContext(
-        Router(state, simple),
-        AccessLog(state),
+        Router(state, simple, monitor.routes(config.prefix)),
+        AccessLog(state, tally),
         read_timeout=config.timeouts.read,
         idle_timeout=config.timeouts.idle,
         write_timeout=config.timeouts.write,
@@ -117,6 +122,7 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
             await asyncio.sleep(FLUSH_INTERVAL)
             if access_log is not None:
                 access_log.flush()
+            monitor.tick()
 
     flusher = asyncio.create_task(flush_periodically())
     await stop.wait()
@@ -129,6 +135,7 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
     context.close_idle()
     await context.wait_closed(SHUTDOWN_GRACE)
     flusher.cancel()
+    await monitor.close()
     await state.close_session()
     ondemand.close()
     await loop.run_in_executor(None, votes.close)
@@ -205,6 +212,7 @@ def _supervise(config: Config, ssl_context: ssl.SSLContext | None, count: int) -
         except InterruptedError:
             continue
         started = children.pop(pid, time.monotonic())
+        forget_worker(pid)
         code = os.waitstatus_to_exitcode(status)
         if stopping:
             continue
@@ -233,6 +241,8 @@ def run_server(config: Config) -> int:
     try:
         repo = Repo(config)
         repo.create_folders()
+        # Before any worker starts: each one's values land in this folder, summed at scrape.
+        prepare_metrics_dir(repo.metrics_dir)
         db = Database.open(config.repo_path)  # create or migrate the schema once, up front
         try:
             _ensure_root_index(repo, db)

@@ -35,6 +35,7 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 60e
        padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; margin-bottom: 0.2em; }
 h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+h3 { font-size: 1em; margin: 1em 0 0 0; font-weight: 600; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 0.25em 0.6em 0.25em 0; vertical-align: top; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
@@ -111,6 +112,7 @@ def _traffic(status: Status) -> list[str]:
     lines = [f"<h2>Traffic, last {_e(span)} (hourly, UTC)</h2>", '<dl id="traffic">']
     lines += [f"<dt>{_e(name)}</dt><dd>{_e(value)}</dd>" for name, value in rows]
     lines.append("</dl>")
+    lines.append("<h3>File hit rate per hour</h3>")
     lines.append(
         line_chart(
             "File hit rate per hour",
@@ -121,6 +123,7 @@ def _traffic(status: Status) -> list[str]:
             ],
         )
     )
+    lines.append("<h3>File requests per hour</h3>")
     lines.append(
         stacked_bars(
             "File requests per hour",

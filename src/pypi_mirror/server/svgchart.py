@@ -130,15 +130,15 @@ def line_chart(title: str, hours: Sequence[int], series: Sequence[Series]) -> st
     return "\n".join(parts)
 
 
-def _nice_top(value: float) -> float:
-    """A round number at or above ``value`` for the top of an axis."""
-    if value <= 0:
+def _nice_step(value: float) -> float:
+    """The smallest of 1, 2, 5, 10, 20, 50... at or above ``value`` (and at least 1)."""
+    if value <= 1:
         return 1.0
     magnitude = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
+    for step in (1, 2, 5, 10):
         if value <= step * magnitude:
-            return step * magnitude
-    return 10 * magnitude
+            return float(step * magnitude)
+    return 10.0 * magnitude
 
 
 def _count(value: float) -> str:
@@ -154,8 +154,9 @@ def stacked_bars(
     """Counts per hour as stacked bars: ``stacks`` are (label, values, colour), bottom first."""
     count = len(hours)
     sums = [sum(values[i] for _, values, _ in stacks) for i in range(count)]
-    top = _nice_top(max(sums, default=0))
-    ticks = [(top * share, _count(top * share)) for share in (0, 0.25, 0.5, 0.75, 1)]
+    step = _nice_step(max(sums, default=0) / 4)  # four whole steps: no "0.25 requests"
+    top = 4 * step
+    ticks = [(step * i, _count(step * i)) for i in range(5)]
     parts = _frame(title, ticks, top)
     width = max(1.0, (WIDTH - LEFT - RIGHT) / max(count, 1) - 1)
     for index in range(count):
