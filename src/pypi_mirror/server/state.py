@@ -12,6 +12,7 @@ from pypi_mirror.config import Config
 from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import AccessLogWriter
 from pypi_mirror.server.clientip import ClientResolver, IPAddress, vote_prefix
+from pypi_mirror.server.counted_relay import CountedRelayPool
 from pypi_mirror.server.http import Request
 from pypi_mirror.server.relay import RelayPool
 from pypi_mirror.server.tally import RequestTally
@@ -51,7 +52,12 @@ class ServerState:
         if self.config.upstream.proxy:
             return None
         if self._relay is None:
-            self._relay = RelayPool(self.config.sync.user_agent, self.config.timeouts.upstream)
+            user_agent, timeout = self.config.sync.user_agent, self.config.timeouts.upstream
+            self._relay = (
+                RelayPool(user_agent, timeout)
+                if self.tally is None
+                else CountedRelayPool(self.tally, user_agent, timeout)
+            )
         return self._relay
 
     async def close_session(self) -> None:
