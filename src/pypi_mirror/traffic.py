@@ -134,5 +134,6 @@ def project_of(path: str) -> str:
         return str(parse_sdist_filename(filename)[0])
     except (InvalidWheelFilename, InvalidSdistFilename):
         pass
-    stem = filename.split("-", 1)[0] if "-" in filename else filename
-    return normalize(stem) if stem else filename
+    if "-" not in filename:
+        return filename
+    return normalize(filename.split("-", 1)[0])

@@ -139,7 +139,8 @@ class WorkerMetrics:
         taken = self.tally.take()
         hour = int(time.time() if now is None else now) // 3600 * 3600
         hourly = self._hourly
-        for (route, outcome, status), (count, size) in taken.requests.items():
+        for (route, outcome, status), (count, size, *_latency) in taken.requests.items():
+            count, size = int(count), int(size)
             self.requests.labels(route, outcome_label(outcome, status)).inc(count)
             if size:
                 self.sent_bytes.labels(route, byte_source(outcome)).inc(size)
@@ -153,7 +154,7 @@ class WorkerMetrics:
             else:
                 entry[0] += count
                 entry[1] += size
-        for route, counts in taken.latency.items():
+        for route, counts in taken.latency().items():
             _add_histogram(self.latency.labels(route), counts)
         for result, count in taken.upstream.items():
             self.upstream.labels(result).inc(count)

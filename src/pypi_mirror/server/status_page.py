@@ -179,6 +179,7 @@ def render_html(status: Status) -> bytes:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<link rel="icon" href="data:,">',  # no /favicon.ico request
         "<title>pypi-mirror status</title>",
         f"<style>{_STYLE}</style></head><body>",
         "<h1>pypi-mirror status</h1>",
@@ -201,7 +202,7 @@ def wants_json(accept: str | None, query: str) -> bool:
 def answer(status: Status, as_json: bool) -> Response:
     headers = [("Cache-Control", "no-store"), ("Vary", "Accept")]
     if as_json:
-        body = orjson.dumps(status_json(status), option=orjson.OPT_INDENT_2)
+        body = orjson.dumps(status_json(status))
         return Response(200, [("Content-Type", "application/json"), *headers], body)
     return Response(
         200,

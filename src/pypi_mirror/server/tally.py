@@ -33,34 +33,40 @@ class RequestTally:
     """What one worker answered since the last ``take``; plus upstream requests."""
 
     def __init__(self) -> None:
-        # (route, outcome, status) -> [requests, bytes]
-        self.requests: dict[tuple[str, str, int], list[int]] = {}
-        # route -> histogram (see new_histogram)
-        self.latency: dict[str, list[float]] = {}
+        # (route, outcome, status) -> [requests, bytes, *latency histogram (new_histogram)]
+        self.requests: dict[tuple[str, str, int], list[float]] = {}
         # upstream result ("2xx"... "5xx", "timeout", "error") -> count
         self.upstream: dict[str, int] = {}
         self.upstream_latency = new_histogram(UPSTREAM_BOUNDS)
 
     def record(self, request: Request, status: int, size: int, seconds: float) -> None:
-        """One answered request (called once per request, from the access-log callback)."""
+        """One answered request (called once per request, from the access-log callback):
+        one dict look-up and four additions."""
         key = (request.route, request.outcome, status)
         counts = self.requests.get(key)
         if counts is None:
-            self.requests[key] = [1, size]
-        else:
-            counts[0] += 1
-            counts[1] += size
-        histogram = self.latency.get(key[0])
-        if histogram is None:
-            histogram = self.latency[key[0]] = new_histogram(LATENCY_BOUNDS)
-        histogram[bisect_left(LATENCY_BOUNDS, seconds)] += 1
-        histogram[-1] += seconds
+            counts = self.requests[key] = [0, 0, *new_histogram(LATENCY_BOUNDS)]
+        counts[0] += 1
+        counts[1] += size
+        counts[2 + bisect_left(LATENCY_BOUNDS, seconds)] += 1
+        counts[-1] += seconds
+
+    def latency(self) -> dict[str, list[float]]:
+        """The latency histograms (see new_histogram) summed per route."""
+        routes: dict[str, list[float]] = {}
+        for (route, _outcome, _status), counts in self.requests.items():
+            histogram = routes.get(route)
+            if histogram is None:
+                routes[route] = list(counts[2:])
+            else:
+                for index, value in enumerate(counts[2:]):
+                    histogram[index] += value
+        return routes
 
     def take(self) -> RequestTally:
         """The counts so far, as a tally of their own; this one starts again from zero."""
         taken = RequestTally()
         taken.requests, self.requests = self.requests, taken.requests
-        taken.latency, self.latency = self.latency, taken.latency
         taken.upstream, self.upstream = self.upstream, taken.upstream
         taken.upstream_latency, self.upstream_latency = (
             self.upstream_latency,
