@@ -43,7 +43,11 @@ class Files:
         # many times a second, and each lookup is a failed open per tier. A file that sync
         # places becomes visible within MISS_MEMORY. Bounded in entries (valid paths only).
         self._missing: dict[str, float] = {}
-        self.tiers = [(str(tier.path), f"tier{tier.index}") for tier in state.repo.tiers]
+        self.tiers = [
+            (str(tier.path), f"tier{tier.index}", position)
+            for position, tier in enumerate(state.repo.tiers)
+        ]
+        self._where: dict[str, int] = {}  # path → position of the tier that last held it
 
     def answer(self, request: Request, path: str) -> Response | Any:
         """``path`` is what follows ``/packages/``, unescaped."""
@@ -55,9 +59,17 @@ class Files:
         state = self.state
         now = time.monotonic()
         if self._missing.get(path, 0.0) < now:
-            for tier, outcome in self.tiers:
+            # The tier that held it last time first: a hit in a colder tier then costs no
+            # failed open in each hotter one. Any other tier order is searched on a miss.
+            last = self._where.get(path, 0)
+            order = self.tiers if last == 0 else [self.tiers[last], *self.tiers]
+            for tier, outcome, index in order:
                 local = small_files.open(f"{tier}/{path}")
                 if local is not None:
+                    if index != last:
+                        if len(self._where) >= MISS_MEMO_LIMIT:
+                            self._where.clear()
+                        self._where[path] = index
                     request.outcome = outcome
                     response = answer_file(request, local, content_type_of(path))
                     if request.method == "GET" and response.status < 400:

@@ -82,21 +82,28 @@ class FileBody:
         self.close = close
 
 
+class UpstreamBroke(Exception):
+    """Raised by a stream body's iterator when the upstream's body broke off."""
+
+
 class StreamBody:
     """A body that arrives in pieces (from the upstream). ``length`` None: unknown, so the
     connection closes after it. ``close`` runs once it is sent or abandoned."""
 
-    __slots__ = ("chunks", "close", "length")
+    __slots__ = ("chunks", "close", "direct", "length")
 
     def __init__(
         self,
         chunks: AsyncIterator[bytes],
         length: int | None,
         close: Callable[[], None],
+        direct: Callable[[Callable[[bytes], bool] | None], None] | None = None,
     ) -> None:
         self.chunks = chunks
         self.length = length
         self.close = close
+        # Optional: register a writer the source calls with pieces directly (see relay.py)
+        self.direct = direct
 
 
 class Response:

@@ -37,6 +37,7 @@ from pypi_mirror.server.http import (
     Request,
     Response,
     StreamBody,
+    UpstreamBroke,
     date_and_server,
     status_line,
     text,
@@ -64,10 +65,6 @@ class _Reject(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-class UpstreamBroke(Exception):
-    """Raised by a stream body's iterator when the upstream's body broke off."""
 
 
 class ClientGone(ConnectionError):
@@ -121,6 +118,7 @@ class HttpProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.sock_fd = -1  # plain TCP only: sendfile(2) goes straight to this socket
+        self.own: socket.socket | None = None  # see _own_socket
         self.remote: str | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.request: Request | None = None  # the one being parsed
@@ -139,6 +137,7 @@ class HttpProtocol(asyncio.Protocol):
         self.reading_paused = False
         self.eof = False
         self.error_answered = False
+        self.direct_sent = 0  # bytes of the current streamed body written by its source
         self.lingering: asyncio.TimerHandle | None = None
         # One timer per connection, re-armed lazily: ``deadline`` moves, the timer follows.
         self.deadline = 0.0
@@ -193,6 +192,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.context.connections.discard(self)
+        if self.own is not None:
+            self.own.close()  # our duplicate descriptor only; the transport closes its own
+            self.own = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -408,7 +410,7 @@ class HttpProtocol(asyncio.Protocol):
             self._log(request, status, 0)
             return
         if response.file is not None:
-            transport.write(head)
+            self._write_head_before_file(head)
             if not in_task:
                 body = response.file
                 sent = self._sendfile_now(body)
@@ -442,6 +444,31 @@ class HttpProtocol(asyncio.Protocol):
         self._next()
 
     # -- file bodies -----------------------------------------------------------------------
+
+    def _own_socket(self) -> socket.socket | None:
+        """A socket object on a duplicate of the connection's descriptor, made once per
+        connection: neither loop lends out its own (asyncio's has no send(), uvloop's none at
+        all, and uvloop refuses a writer on the transport's descriptor)."""
+        if self.own is None and self.sock_fd >= 0:
+            self.own = socket.socket(fileno=os.dup(self.sock_fd))
+        return self.own
+
+    def _write_head_before_file(self, head: bytes) -> None:
+        """The head with MSG_MORE when nothing waits in the transport: it leaves in one packet
+        with the file's first bytes (nginx's tcp_nopush), with no TCP_CORK toggles."""
+        transport = self.transport
+        assert transport is not None
+        own = self._own_socket()
+        if own is not None and transport.get_write_buffer_size() == 0:
+            try:
+                head = head[own.send(head, socket.MSG_MORE) :]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                transport.abort()
+                return
+        if head:
+            transport.write(head)
 
     def _sendfile_now(self, body: FileBody) -> int:
         """As much of the file as the socket takes right now (0 under TLS or when the
@@ -539,10 +566,10 @@ class HttpProtocol(asyncio.Protocol):
                 watchdog = loop.call_at(idle_until, watch)
 
         watchdog = loop.call_at(last_progress + timeout, watch) if timeout else None
-        # The loop refuses a writer on a transport's own descriptor (uvloop) or offers only a
-        # private method for it (asyncio): a duplicate descriptor of the same socket is an
-        # ordinary one to watch.
-        watched = os.dup(sock_fd)
+        # Watched through our duplicate descriptor (see _own_socket).
+        own = self._own_socket()
+        assert own is not None
+        watched = own.fileno()
         try:
             loop.add_writer(watched, ready)
             try:
@@ -550,7 +577,6 @@ class HttpProtocol(asyncio.Protocol):
             finally:
                 loop.remove_writer(watched)
         finally:
-            os.close(watched)
             if watchdog is not None:
                 watchdog.cancel()
 
@@ -568,16 +594,21 @@ class HttpProtocol(asyncio.Protocol):
         self._after(request)
 
     async def _send_stream(self, request: Request, status: int, body: StreamBody) -> None:
+        self.direct_sent = 0
+        if body.direct is not None:
+            body.direct(self._take_directly)
         sent = 0
         try:
             async for chunk in body.chunks:
                 await self._send_bytes(chunk)
                 sent += len(chunk)
         except (ClientGone, asyncio.CancelledError):
+            sent += self.direct_sent
             log.debug("client %s left %s after %d bytes", self.remote, request.target, sent)
             self._log(request, status, sent)
             raise
         except UpstreamBroke as error:
+            sent += self.direct_sent
             # Headers are out: cutting the connection is the only honest signal left.
             log.warning(
                 "upstream body for %s broke off after %d bytes: %s", request.target, sent, error
@@ -585,7 +616,10 @@ class HttpProtocol(asyncio.Protocol):
             self._log(request, status, sent)
             raise ClientGone("upstream broke off") from None
         finally:
+            if body.direct is not None:
+                body.direct(None)
             body.close()
+        sent += self.direct_sent
         if body.length is not None and sent != body.length:
             log.warning(
                 "upstream body for %s ended after %d of %d bytes", request.target, sent, body.length
@@ -593,6 +627,16 @@ class HttpProtocol(asyncio.Protocol):
             self._log(request, status, sent)
             raise ClientGone("upstream body shorter than announced")
         self._log(request, status, sent)
+
+    def _take_directly(self, piece: bytes) -> bool:
+        """A stream source's piece, written at once unless the client is behind (then the
+        source keeps it for ``_send_stream``, which waits for the client)."""
+        transport = self.transport
+        if self.paused or transport is None or transport.is_closing():
+            return False
+        transport.write(piece)
+        self.direct_sent += len(piece)
+        return True
 
     async def _send_bytes(self, data: bytes) -> None:
         transport = self.transport

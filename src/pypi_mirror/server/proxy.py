@@ -11,9 +11,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from pypi_mirror.server.http import Request, Response, StreamBody, text
-from pypi_mirror.server.protocol import UpstreamBroke
-from pypi_mirror.server.relay import RelayAnswer, RelayError, RelayPool
+from pypi_mirror.server.http import Request, Response, StreamBody, UpstreamBroke, text
+from pypi_mirror.server.relay import RelayError, RelayPool
 from pypi_mirror.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -84,16 +83,8 @@ async def _through_relay(
     if request.method == "HEAD":
         answer.release()
         return Response(answer.status, forwarded, announced=answer.content_length)
-    body = StreamBody(_relayed(answer, timeout), answer.content_length, answer.release)
+    body = StreamBody(answer.chunks(timeout), answer.content_length, answer.release, answer.direct)
     return Response(answer.status, forwarded, stream=body)
-
-
-async def _relayed(answer: RelayAnswer, timeout: float) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in answer.chunks(timeout):
-            yield chunk
-    except RelayError as error:
-        raise UpstreamBroke(str(error)) from None
 
 
 async def _through_aiohttp(

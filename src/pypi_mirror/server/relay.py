@@ -14,10 +14,12 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import httptools
+
+from pypi_mirror.server.http import UpstreamBroke
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +29,18 @@ LOW_WATER = 256 * 1024
 MAX_HEAD = 64 * 1024
 
 
-class RelayError(Exception):
-    """The upstream could not be reached or answered badly; ``timeout`` for a 504."""
+class RelayError(UpstreamBroke):
+    """The upstream could not be reached or answered badly; ``timeout`` for a 504. Raised
+    by ``chunks()`` too, where the server sees an upstream body that broke off."""
 
     def __init__(self, message: str, *, timeout: bool = False) -> None:
         super().__init__(message)
         self.timeout = timeout
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(RelayError("upstream timed out (timeouts.upstream)", timeout=True))
 
 
 class _Connection(asyncio.Protocol):
@@ -47,6 +55,8 @@ class _Connection(asyncio.Protocol):
         self.answer: RelayAnswer | None = None
         self.used = False  # has carried an exchange before: a failure may be a stale socket
         self.closed = False
+        self.body_left = 0  # Content-Length bytes still to come, once llhttp saw the head
+        self.keep_alive = False
 
     # -- asyncio.Protocol --
 
@@ -57,6 +67,19 @@ class _Connection(asyncio.Protocol):
         answer = self.answer
         if answer is None:  # bytes nobody asked for: this connection cannot be trusted
             self.close()
+            return
+        if self.body_left:
+            # A Content-Length body after its first piece: handed on as received, without
+            # llhttp copying it into a new bytes object for on_body.
+            if len(data) > self.body_left:  # more than announced: not to be trusted
+                answer.fail(RelayError("upstream sent more than its Content-Length"))
+                self.close()
+                return
+            self.body_left -= len(data)
+            answer.push(data)
+            if not self.body_left:
+                self.parser = httptools.HttpResponseParser(self)  # the old one waits for more
+                answer.finish(self.keep_alive)
             return
         try:
             self.parser.feed_data(data)
@@ -73,6 +96,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
+        self.body_left = 0
         self.pool.forget(self)
         answer = self.answer
         if answer is not None and not answer.complete:
@@ -97,6 +121,9 @@ class _Connection(asyncio.Protocol):
         answer = self.answer
         assert answer is not None
         answer.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        if answer.method != "HEAD" and "transfer-encoding" not in answer.headers:
+            self.body_left = answer.content_length or 0
         if not answer.headers_done.done():
             answer.headers_done.set_result(None)
         if answer.method == "HEAD":
@@ -107,12 +134,15 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         answer = self.answer
         assert answer is not None
+        if self.body_left:
+            self.body_left -= len(body)
         answer.push(body)
 
     def on_message_complete(self) -> None:
+        self.body_left = 0
         answer = self.answer
         if answer is not None and not answer.complete:
-            answer.finish(self.parser.should_keep_alive())
+            answer.finish(self.keep_alive)
 
     # -- use --
 
@@ -150,6 +180,12 @@ class RelayAnswer:
         self.error: RelayError | None = None
         self.paused = False
         self.released = False
+        self.sink: Callable[[bytes], bool] | None = None
+
+    def direct(self, sink: Callable[[bytes], bool] | None) -> None:
+        """Hand body pieces to ``sink`` as they arrive, as long as it returns True (it took
+        the piece); others wait in ``chunks()``. None stops it."""
+        self.sink = sink
 
     @property
     def content_length(self) -> int | None:
@@ -159,6 +195,10 @@ class RelayAnswer:
     # -- fed by the connection --
 
     def push(self, piece: bytes) -> None:
+        # Straight to the client while it takes bytes and nothing waits before this piece:
+        # no task switch per piece.
+        if self.sink is not None and not self.pieces and self.sink(piece):
+            return
         self.pieces.append(piece)
         self.waiting += len(piece)
         if self.waiting > HIGH_WATER and not self.paused:
@@ -208,14 +248,15 @@ class RelayAnswer:
                 raise self.error
             if self.complete:
                 return
-            self.waiter = self.loop.create_future()
+            waiter = self.waiter = self.loop.create_future()
+            # A bare timer on the waiter: cheaper than asyncio.timeout's context per wait.
+            timer = self.loop.call_later(timeout, _expire, waiter) if timeout else None
             try:
-                async with asyncio.timeout(timeout):
-                    await self.waiter
-            except TimeoutError:
-                raise RelayError("upstream stalled (timeouts.upstream)", timeout=True) from None
+                await waiter
             finally:
                 self.waiter = None
+                if timer is not None:
+                    timer.cancel()
 
     def release(self, reusable: bool = False) -> None:
         """Done with the answer (read whole, or abandoned): free the connection."""
@@ -256,23 +297,20 @@ class RelayPool:
             connection.answer = answer
             assert connection.transport is not None
             connection.transport.write(head)
+            timer = self.loop.call_later(self.timeout, _expire, answer.headers_done)
             try:
-                async with asyncio.timeout(self.timeout):
-                    await answer.headers_done
-            except TimeoutError:
-                answer.release()
-                raise RelayError(
-                    "upstream did not answer (timeouts.upstream)", timeout=True
-                ) from None
-            except RelayError:
+                await answer.headers_done
+            except RelayError as error:
                 reused = connection.used
                 answer.release()
-                if reused and attempt == 0 and not answer.head_bytes:
+                if reused and attempt == 0 and not answer.head_bytes and not error.timeout:
                     continue  # a stale keep-alive connection: once more on a new one
                 raise
             except BaseException:
                 answer.release()
                 raise
+            finally:
+                timer.cancel()
             connection.used = True
             return answer
         raise RelayError("unreachable")  # the loop returns or raises
