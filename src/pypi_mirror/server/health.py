@@ -82,13 +82,9 @@ class UpstreamProbe:
         """Why the upstream is not usable, or None (remembered a few seconds)."""
         if time.monotonic() < self._until:
             return self._result
-        if self._running is None:  # concurrent /ready requests share one probe
+        if self._running is None or self._running.done():  # concurrent asks share one
             self._running = asyncio.ensure_future(self._probe())
-        try:
-            return await asyncio.shield(self._running)
-        finally:
-            if self._running is not None and self._running.done():
-                self._running = None
+        return await asyncio.shield(self._running)
 
     async def _probe(self) -> str | None:
         try:

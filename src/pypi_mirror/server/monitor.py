@@ -60,14 +60,12 @@ class Kept(Generic[T]):
     async def get(self) -> T:
         if self._value is not None and time.monotonic() < self._until:
             return self._value
-        if self._running is None:
-            self._running = asyncio.ensure_future(self.compute())
-        running = self._running
-        try:
-            value = await asyncio.shield(running)
-        finally:
-            if running.done() and self._running is running:
-                self._running = None
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._compute())
+        return await asyncio.shield(self._running)
+
+    async def _compute(self) -> T:
+        value = await self.compute()
         self._value, self._until = value, time.monotonic() + self.ttl
         return value
 
