@@ -57,6 +57,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.body_left = 0  # Content-Length bytes still to come, once llhttp saw the head
         self.keep_alive = False
+        self.message_begun = False  # llhttp began an answer for the current exchange
+        self.interim = False  # the answer being parsed is a 1xx
 
     # -- asyncio.Protocol --
 
@@ -81,13 +83,15 @@ class _Connection(asyncio.Protocol):
                 self.parser = httptools.HttpResponseParser(self)  # the old one waits for more
                 answer.finish(self.keep_alive)
             return
+        if not answer.headers_done.done():
+            answer.raw_head_bytes += len(data)  # llhttp buffers a header line it has not ended
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as error:
             answer.fail(RelayError(f"bad answer from the upstream: {error}"))
             self.close()
             return
-        if answer.head_bytes > MAX_HEAD and not answer.headers_done.done():
+        if answer.raw_head_bytes > MAX_HEAD and not answer.headers_done.done():
             answer.fail(RelayError("upstream answer head too large"))
             self.close()
 
@@ -100,7 +104,11 @@ class _Connection(asyncio.Protocol):
         self.pool.forget(self)
         answer = self.answer
         if answer is not None and not answer.complete:
-            answer.fail(RelayError(f"upstream closed the connection: {exc or 'end of stream'}"))
+            if answer.headers_done.done() and answer.close_delimited and exc is None:
+                answer.finish(False)  # a body without length ends with the connection
+            else:
+                message = f"upstream closed the connection: {exc or 'end of stream'}"
+                answer.fail(RelayError(message))
         self.answer = None
 
     def pause_writing(self) -> None:  # request heads are small: nothing to hold back
@@ -111,19 +119,40 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks --
 
+    def on_message_begin(self) -> None:
+        answer = self.answer
+        if answer is None or answer.complete or self.message_begun:
+            # Bytes after the answer we asked for: whatever they are, this connection can no
+            # longer be trusted to carry the next exchange.
+            self.close()
+        self.message_begun = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
         answer = self.answer
-        assert answer is not None
+        if answer is None or self.closed:
+            return
         answer.head_bytes += len(name) + len(value)
         answer.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         answer = self.answer
-        assert answer is not None
-        answer.status = self.parser.get_status_code()
+        if answer is None or self.closed:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # interim (103 Early Hints...): the real answer follows
+            answer.headers.clear()
+            answer.head_bytes = 0
+            self.interim = True
+            return
+        if answer.head_bytes > MAX_HEAD:
+            answer.fail(RelayError("upstream answer head too large"))
+            self.close()
+            return
+        answer.status = status
         self.keep_alive = self.parser.should_keep_alive()
         if answer.method != "HEAD" and "transfer-encoding" not in answer.headers:
             self.body_left = answer.content_length or 0
+            answer.close_delimited = answer.content_length is None
         if not answer.headers_done.done():
             answer.headers_done.set_result(None)
         if answer.method == "HEAD":
@@ -133,12 +162,17 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         answer = self.answer
-        assert answer is not None
+        if answer is None or self.closed:
+            return
         if self.body_left:
             self.body_left -= len(body)
         answer.push(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            self.message_begun = False
+            return
         self.body_left = 0
         answer = self.answer
         if answer is not None and not answer.complete:
@@ -172,7 +206,9 @@ class RelayAnswer:
         self.headers_done: asyncio.Future[None] = self.loop.create_future()
         self.status = 0
         self.headers: dict[str, str] = {}
-        self.head_bytes = 0
+        self.head_bytes = 0  # of the header fields parsed so far
+        self.raw_head_bytes = 0  # received before the head was complete
+        self.close_delimited = False  # no length, not chunked: the body ends at EOF
         self.pieces: deque[bytes] = deque()
         self.waiting = 0  # bytes in ``pieces``
         self.waiter: asyncio.Future[None] | None = None
@@ -210,6 +246,9 @@ class RelayAnswer:
 
     def finish(self, keep_alive: bool) -> None:
         self.complete = True
+        # Reading resumes as the connection goes back (released): it is no longer ours to
+        # pause or resume, whoever reads the pieces still waiting here.
+        self.paused = False
         # The connection is free as soon as the upstream's answer is complete, even while
         # its last pieces still wait here for a slow client.
         self.release(reusable=keep_alive)
@@ -292,9 +331,11 @@ class RelayPool:
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
         head = ("".join(lines) + "\r\n").encode("latin-1")
         for attempt in (0, 1):
-            connection = await self._connection(key)
+            # The retry never takes another idle connection: it may be stale just the same.
+            connection = await self._connection(key, fresh=attempt > 0)
             answer = RelayAnswer(connection, method)
             connection.answer = answer
+            connection.message_begun = False
             assert connection.transport is not None
             connection.transport.write(head)
             timer = self.loop.call_later(self.timeout, _expire, answer.headers_done)
@@ -315,8 +356,8 @@ class RelayPool:
             return answer
         raise RelayError("unreachable")  # the loop returns or raises
 
-    async def _connection(self, key: tuple[str, str, int]) -> _Connection:
-        idle = self._idle.get(key)
+    async def _connection(self, key: tuple[str, str, int], *, fresh: bool = False) -> _Connection:
+        idle = None if fresh else self._idle.get(key)
         while idle:
             connection = idle.pop()
             transport = connection.transport
