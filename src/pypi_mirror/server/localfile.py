@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 import re
 import stat as stat_module
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from email.utils import formatdate, parsedate_to_datetime
 from functools import lru_cache
 
@@ -21,6 +24,9 @@ Range = tuple[int, int]  # first byte, last byte (inclusive)
 UNSATISFIABLE = "unsatisfiable"
 SMALL_FILE = 64 * 1024  # files up to this size are kept in memory by SmallFiles
 SMALL_FILES_BUDGET = 32 * 1024 * 1024  # bytes a worker keeps at most
+HELD_FILE = 8 * 1024 * 1024  # files up to this size keep their descriptor open...
+HELD_FILES = 128  # ...this many per worker (they pin at most 1 GiB of deleted files)
+SWEEP_INTERVAL = 5.0  # seconds between checks of the held descriptors
 # ASCII digits only (str.isdigit() also takes "²"), at most 18 of them: any offset with more
 # is beyond every file, so it is judged without ever building a huge integer.
 _RANGE = re.compile(r"bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*", re.ASCII)
@@ -101,17 +107,29 @@ def open_regular_fd(path: str) -> tuple[int, os.stat_result] | None:
 
 class LocalFile:
     """A local file about to be sent: its stat, and either its whole body (small files, from
-    memory) or an open descriptor, which the answer closes once sent."""
+    memory) or a descriptor, which ``close`` gives back once sent (closing it, or returning
+    it to the cache of open descriptors that lent it)."""
 
-    __slots__ = ("body", "fd", "st")
+    __slots__ = ("_give_back", "body", "fd", "st")
 
-    def __init__(self, st: os.stat_result, body: bytes | None, fd: int = -1) -> None:
+    def __init__(
+        self,
+        st: os.stat_result,
+        body: bytes | None,
+        fd: int = -1,
+        give_back: Callable[[], None] | None = None,
+    ) -> None:
         self.st = st
         self.body = body
         self.fd = fd
+        self._give_back = give_back
 
     def close(self) -> None:
-        if self.fd >= 0:
+        if self._give_back is not None:
+            self._give_back()
+            self._give_back = None
+            self.fd = -1
+        elif self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
@@ -165,39 +183,79 @@ def answer_file(
     return Response(status, headers, file=FileBody(local.fd, first, count, local.close))
 
 
-class SmallFiles:
-    """Small files (simple pages, metadata files) kept in memory between requests.
+class _Held:
+    """A descriptor kept open between requests; closed once retired and no answer uses it."""
 
-    A hit costs one lstat(2) instead of open, fstat, read and close. An entry is used only
-    while the file's identity — inode, size, mtime and ctime, as lstat reports them now — is
-    the one it was read with; pages and packages are only ever replaced by rename (a new
-    inode), so a changed file is never served from memory. When the budget is spent the
-    memory starts over.
+    __slots__ = ("fd", "identity", "retired", "st", "users")
+
+    def __init__(self, fd: int, st: os.stat_result) -> None:
+        self.fd = fd
+        self.st = st
+        self.identity = _identity(st)
+        self.users = 0
+        self.retired = False
+
+    def lend(self) -> LocalFile:
+        self.users += 1
+        return LocalFile(self.st, None, self.fd, self.give_back)
+
+    def give_back(self) -> None:
+        self.users -= 1
+        if self.retired and self.users == 0:
+            os.close(self.fd)
+
+    def retire(self) -> None:
+        if not self.retired:
+            self.retired = True
+            if self.users == 0:
+                os.close(self.fd)
+
+
+class SmallFiles:
+    """Local files kept ready between requests, as nginx's open_file_cache.
+
+    Small files (simple pages, metadata files; up to SMALL_FILE) stay in memory: a hit costs
+    one lstat(2) instead of open, fstat, read and close. Larger ones up to HELD_FILE keep
+    their descriptor open (at most HELD_FILES of them): a hit costs one lstat(2) instead of
+    open, fstat and close. An entry is used only while the file's identity — inode, size,
+    mtime and ctime, as lstat reports them now — is the one it was opened with; pages and
+    packages are only ever replaced by rename (a new inode), so a changed file is never
+    served from an old copy. Held descriptors are checked every SWEEP_INTERVAL too, so a
+    file sync deleted does not keep its disk space for longer than that.
     """
 
     def __init__(self, budget: int = SMALL_FILES_BUDGET) -> None:
         self._budget = budget
         self._used = 0
         self._entries: dict[str, tuple[tuple[int, int, int, int, int], os.stat_result, bytes]] = {}
+        self._held: OrderedDict[str, _Held] = OrderedDict()
+        self._swept = time.monotonic()
 
     def open(self, path: str) -> LocalFile | None:
         """The regular file at ``path``, from memory when it is small; None if there is none
         (missing, a symlink, a directory, unreadable: as ``open_regular_fd``)."""
         entry = self._entries.get(path)
         if entry is not None:
-            try:
-                now = os.lstat(path)
-            except OSError:
-                now = None
+            now = _lstat(path)
             if now is not None and _identity(now) == entry[0]:
                 return LocalFile(entry[1], entry[2])
             self._forget(path)
+        held = self._held.get(path)
+        if held is not None:
+            now = _lstat(path)
+            if now is not None and _identity(now) == held.identity:
+                self._held.move_to_end(path)
+                return held.lend()
+            del self._held[path]
+            held.retire()
         opened = open_regular_fd(path)
         if opened is None:
             return None
         fd, st = opened
         if st.st_size > SMALL_FILE:
-            return LocalFile(st, None, fd)
+            if st.st_size > HELD_FILE:
+                return LocalFile(st, None, fd)
+            return self._hold(path, fd, st)
         try:
             body = os.pread(fd, st.st_size + 1, 0)
         except OSError:
@@ -208,6 +266,24 @@ class SmallFiles:
         os.close(fd)
         self._remember(path, st, body)
         return LocalFile(st, body)
+
+    def _hold(self, path: str, fd: int, st: os.stat_result) -> LocalFile:
+        if time.monotonic() - self._swept > SWEEP_INTERVAL:
+            self._sweep()
+        while len(self._held) >= HELD_FILES:
+            _path, oldest = self._held.popitem(last=False)
+            oldest.retire()
+        held = self._held[path] = _Held(fd, st)
+        return held.lend()
+
+    def _sweep(self) -> None:
+        """Retire descriptors whose file was deleted or replaced since."""
+        self._swept = time.monotonic()
+        for path, held in list(self._held.items()):
+            now = _lstat(path)
+            if now is None or _identity(now) != held.identity:
+                del self._held[path]
+                held.retire()
 
     def _remember(self, path: str, st: os.stat_result, body: bytes) -> None:
         if self._used + len(body) > self._budget:
@@ -220,6 +296,13 @@ class SmallFiles:
         entry = self._entries.pop(path, None)
         if entry is not None:
             self._used -= len(entry[2])
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (OSError, ValueError):
+        return None
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
