@@ -268,16 +268,18 @@ class SmallFiles:
         return LocalFile(st, body)
 
     def _hold(self, path: str, fd: int, st: os.stat_result) -> LocalFile:
-        if time.monotonic() - self._swept > SWEEP_INTERVAL:
-            self._sweep()
+        self.sweep_if_due()
         while len(self._held) >= HELD_FILES:
             _path, oldest = self._held.popitem(last=False)
             oldest.retire()
         held = self._held[path] = _Held(fd, st)
         return held.lend()
 
-    def _sweep(self) -> None:
-        """Retire descriptors whose file was deleted or replaced since."""
+    def sweep_if_due(self) -> None:
+        """Retire descriptors whose file was deleted or replaced since the last sweep (also
+        called once a second by the worker, so an idle server pins no deleted file)."""
+        if time.monotonic() - self._swept <= SWEEP_INTERVAL:
+            return
         self._swept = time.monotonic()
         for path, held in list(self._held.items()):
             now = _lstat(path)

@@ -28,6 +28,7 @@ from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import FLUSH_INTERVAL, AccessLogWriter
 from pypi_mirror.server.metrics import forget_worker, prepare_metrics_dir
 from pypi_mirror.server.monitor import Monitor
+from pypi_mirror.server.localfile import small_files
 from pypi_mirror.server.ondemand import OnDemandIndex
 from pypi_mirror.server.protocol import ServerContext
 from pypi_mirror.server.router import AccessLog, Router
@@ -124,6 +125,7 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
             if access_log is not None:
                 access_log.flush()
             monitor.tick()
+            small_files.sweep_if_due()
 
     flusher = asyncio.create_task(flush_periodically())
     await stop.wait()
