@@ -26,9 +26,9 @@ from pypi_mirror.db import Database
 from pypi_mirror.index.root import GLOBAL_SERIAL_KEY, write_root_index
 from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import FLUSH_INTERVAL, AccessLogWriter
+from pypi_mirror.server.localfile import small_files
 from pypi_mirror.server.metrics import forget_worker, prepare_metrics_dir
 from pypi_mirror.server.monitor import Monitor
-from pypi_mirror.server.localfile import small_files
 from pypi_mirror.server.ondemand import OnDemandIndex
 from pypi_mirror.server.protocol import ServerContext
 from pypi_mirror.server.router import AccessLog, Router
