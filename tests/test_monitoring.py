@@ -339,6 +339,10 @@ def test_ready_flips_with_each_dependency(tmp_path: Path) -> None:
         with Mirror(tmp_path, fake.url, fake.files_url) as mirror:
             for path in ("/health", "/pypi/health"):
                 assert ready(mirror, path) == (200, "ok\n")
+            root = f"http://127.0.0.1:{mirror.port}"
+            assert http(root + "/pypi").headers["location"] == "/pypi/"
+            for path in ("/metrics", "/ready", "/pypi/"):
+                assert http(root + path, method="POST").status == 405
             status, body = ready(mirror)
             assert status == 503
             assert "unreachable" in body and fake.url in body
@@ -349,11 +353,11 @@ def test_ready_flips_with_each_dependency(tmp_path: Path) -> None:
             assert wait_ready(mirror, 200) == "ready\n"
 
             repo = mirror.repo
-            root = repo / "simple" / "index.html"
-            root.rename(root.with_suffix(".away"))
+            index = repo / "simple" / "index.html"
+            index.rename(index.with_suffix(".away"))
             status, body = ready(mirror)
-            assert status == 503 and f"root index missing: {root}" in body
-            root.with_suffix(".away").rename(root)
+            assert status == 503 and f"root index missing: {index}" in body
+            index.with_suffix(".away").rename(index)
             assert ready(mirror) == (200, "ready\n")
 
             staging = repo / ".staging"
