@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from pypi_mirror.server.accesslog import format_combined, mirror_json_line
+from pypi_mirror.server.accesslog import MirrorJsonLines, format_combined
 from pypi_mirror.server.files import Files
 from pypi_mirror.server.http import Request, Response, redirect, text
 from pypi_mirror.server.simple import SimpleIndex
@@ -74,6 +74,7 @@ class AccessLog:
     def __init__(self, state: ServerState, tally: RequestTally | None = None) -> None:
         self.state = state
         self.combined = state.config.log.format == "combined"
+        self.json_lines = MirrorJsonLines()
         self.tally = tally
 
     def __call__(self, request: Request, status: int, size: int) -> None:
@@ -99,7 +100,8 @@ class AccessLog:
                 referer=request.text_for_log(b"referer"),
             )
         else:
-            line = mirror_json_line(
+            headers = request.headers
+            line = self.json_lines(
                 time.time(),
                 request.method or "-",
                 request.target or "-",
@@ -107,8 +109,8 @@ class AccessLog:
                 size,
                 int((now - request.started) * 1000) if request.started else 0,
                 client_ip,
-                request.text_for_log(b"user-agent"),
-                request.text_for_log(b"referer"),
+                headers.get(b"user-agent"),
+                headers.get(b"referer"),
                 request.proxied,
             )
         writer.write(line)
