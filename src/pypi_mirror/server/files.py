@@ -48,6 +48,7 @@ class Files:
             for position, tier in enumerate(state.repo.tiers)
         ]
         self._where: dict[str, int] = {}  # path → position of the tier that last held it
+        self._modes: dict[str, str] = {}  # client address → "302" or "proxy"
 
     def answer(self, request: Request, path: str) -> Response | Any:
         """``path`` is what follows ``/packages/``, unescaped."""
@@ -82,7 +83,7 @@ class Files:
             # Never redirected: the file host may lack it (see server/metadata.py).
             request.outcome = "proxy"
             return self._remote(request, serve_remote_metadata(request, state, path), path)
-        if fallback_mode(state.client_ip(request), state.config.fallback) == "proxy":
+        if self._fallback(request) == "proxy":
             request.outcome = "proxy"
             return self._remote(request, proxy(request, state, state.urls.file(path)), path)
         if request.method == "GET":
@@ -90,6 +91,17 @@ class Files:
         request.outcome = "302"
         # A validated path holds nothing a Location must escape.
         return Response(302, [("Location", state.urls.redirect_file(path))])
+
+    def _fallback(self, request: Request) -> str:
+        """``fallback_mode`` remembered per client address (text: cheap to hash)."""
+        address, text = self.state.client(request)
+        mode = self._modes.get(text)
+        if mode is None:
+            mode = fallback_mode(address, self.state.config.fallback)
+            if len(self._modes) >= MISS_MEMO_LIMIT:
+                self._modes.clear()
+            self._modes[text] = mode
+        return mode
 
     async def _remote(self, request: Request, pending: Any, path: str) -> Response:
         response: Response = await pending

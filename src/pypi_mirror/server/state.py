@@ -19,6 +19,7 @@ from pypi_mirror.server.tally import RequestTally
 from pypi_mirror.upstream import UpstreamUrls, make_session
 
 PREFIX_MEMO_LIMIT = 10_000
+MEMO_KEY_LIMIT = 256  # longer User-Agents are judged each time, never kept
 RECENT_VOTES_LIMIT = 100_000  # (path, prefix) pairs remembered for dedup, ~20 MB at most
 
 
@@ -33,7 +34,8 @@ class ServerState:
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
     _relay: RelayPool | None = field(default=None, repr=False)
     clients: ClientResolver = field(init=False, repr=False)
-    _prefixes: dict[IPAddress, str] = field(default_factory=dict, repr=False)
+    _prefixes: dict[str, str] = field(default_factory=dict, repr=False)
+    _bots: dict[bytes | None, bool] = field(default_factory=dict, repr=False)
     _recent: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -82,17 +84,25 @@ class ServerState:
     def vote(self, request: Request, path: str) -> None:
         """Queue a vote for one download of ``path`` (already validated) unless a bot asked.
         Never blocks."""
-        address = self.client(request)[0]
+        address, text = self.client(request)
         if address is None:
             return
-        user_agent = request.header(b"user-agent")
-        if is_bot(user_agent):
+        user_agent = request.headers.get(b"user-agent")
+        bot = self._bots.get(user_agent)
+        if bot is None:
+            bot = is_bot(None if user_agent is None else user_agent.decode("latin-1"))
+            if user_agent is None or len(user_agent) <= MEMO_KEY_LIMIT:
+                if len(self._bots) >= PREFIX_MEMO_LIMIT:
+                    self._bots.clear()
+                self._bots[user_agent] = bot
+        if bot:
             return
-        prefix = self._prefixes.get(address)
+        # Keyed by the address as text: hashing an ipaddress object costs a microsecond.
+        prefix = self._prefixes.get(text)
         if prefix is None:
             if len(self._prefixes) >= PREFIX_MEMO_LIMIT:
                 self._prefixes.clear()
-            prefix = self._prefixes[address] = vote_prefix(address)
+            prefix = self._prefixes[text] = vote_prefix(address)
         # The store's rule, applied here first: a (file, network) pair already voted within
         # dedup_window counts once, so repeats (CI farms) never reach the writer thread.
         now = time.time()
