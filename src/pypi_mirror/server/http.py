@@ -26,6 +26,7 @@ class Request:
     as Latin-1, which maps every byte to one character: nothing is lost and nothing raises."""
 
     __slots__ = (
+        "body",
         "client",
         "headers",
         "keep_alive",
@@ -49,6 +50,7 @@ class Request:
         self.query = ""
         self.version = "1.1"
         self.headers: dict[bytes, bytes] = {}
+        self.body = b""  # kept for POST only (XML-RPC), up to the protocol's MAX_BODY
         self.keep_alive = True
         self.started = 0.0
         self.proxied = False  # the answer came through the upstream (access log field)

@@ -281,6 +281,9 @@ class HttpProtocol(asyncio.Protocol):
         self.body_bytes += len(body)
         if self.body_bytes > MAX_BODY:
             raise _Reject(413, "request body too large")
+        request = self.request
+        if request is not None and request.method == "POST":  # others' bodies are dropped
+            request.body += body
 
     def on_message_complete(self) -> None:
         request = self.request
