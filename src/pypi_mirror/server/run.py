@@ -40,6 +40,8 @@ from pypi_mirror.upstream import UpstreamUrls
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 30.0
+STOP_SLACK = 1.5  # seconds after the grace for the rest of the stop
+VOTES_SLACK = 1.0  # of which storing the queued votes may take this much
 MAX_FAST_FAILURES = 3
 
 
@@ -134,14 +136,19 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
         os.getpid(),
         SHUTDOWN_GRACE,
     )
+    # Everything below fits in SHUTDOWN_GRACE + STOP_SLACK, whatever clients or the database
+    # do: connections get the grace, storing the queued votes what is left of the slack.
+    deadline = time.monotonic() + SHUTDOWN_GRACE + STOP_SLACK
     listener.close()
     context.close_idle()
     await context.wait_closed(SHUTDOWN_GRACE)
     flusher.cancel()
-    await monitor.close()
-    await state.close_session()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.1, deadline - time.monotonic() - VOTES_SLACK)):
+            await monitor.close()
+            await state.close_session()
     ondemand.close()
-    await loop.run_in_executor(None, votes.close)
+    await loop.run_in_executor(None, votes.close, max(0.5, deadline - time.monotonic()))
     if access_log is not None:
         access_log.close()
     if votes.dropped:
