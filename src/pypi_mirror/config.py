@@ -108,6 +108,12 @@ class UpstreamConfig(_Strict):
     # A project page fetched on demand by `serve` is refreshed from the upstream once older
     # than this, so a mirror that never runs `sync` is never stale for long.
     page_ttl: Duration = 600.0
+    # How often `serve` looks for projects fetched on demand that the root index (/simple/)
+    # does not list yet, and rewrites it when there are (without `sync` it is never current).
+    root_refresh: Duration = 30.0
+    # Also read each changed project's PEP 691 JSON page (one more request per project) for
+    # what only it carries: PEP 792 project status, PEP 740 provenance. Off: never asked.
+    fetch_simple_json: bool = True
 
     @field_validator("pypi_url", "packages_url", "redirect_url")
     @classmethod

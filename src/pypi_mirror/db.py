@@ -245,6 +245,14 @@ class Database:
         """The highest project serial held (0 when none)."""
         return int(self.conn.execute("SELECT COALESCE(MAX(serial), 0) FROM serials").fetchone()[0])
 
+    def serials_signature(self) -> str:
+        """Changes whenever a project is added, removed or its serial moves (serials only
+        grow): tells whether the root index still lists what the table holds."""
+        count, top, total = self.conn.execute(
+            "SELECT COUNT(*), COALESCE(MAX(serial), 0), COALESCE(SUM(serial), 0) FROM serials"
+        ).fetchone()
+        return f"{count}:{top}:{total}"
+
     def iter_serials_sorted(self) -> Iterator[tuple[str, int]]:
         """Every known project with its serial, by name (for the root index)."""
         yield from self.conn.execute("SELECT name, serial FROM serials ORDER BY name")

@@ -34,7 +34,8 @@ from pypi_mirror.index.render import (
     index_files,
     parse_pypi_json,
 )
-from pypi_mirror.index.root import GLOBAL_SERIAL_KEY, write_root_index
+from pypi_mirror.index.root import GLOBAL_SERIAL_KEY
+from pypi_mirror.index.root_fresh import root_lock, write_root_recorded
 from pypi_mirror.index.serials import UpstreamSerials, fetch_serials
 from pypi_mirror.index.store import delete_project_pages, load_index_files, save_project
 from pypi_mirror.names import metadata_path, normalize
@@ -494,7 +495,9 @@ async def _sync_index(
         complete = not result.failed and not result.not_attempted
         global_serial = _root_serial(db, plan, written_max, complete=complete)
         try:
-            write_root_index(repo, db, global_serial)
+            # Waits for a `serve` worker's rewrite (seconds), then writes over it.
+            with root_lock(repo, blocking=True):
+                write_root_recorded(repo, db, global_serial)
         except (OSError, sqlite3.Error) as error:
             # The projects stored stay stored (their pages are served); the root index is
             # written again by the next run.

@@ -23,7 +23,7 @@ from typing import Any
 from pypi_mirror.cache.votes import VoteRecorder
 from pypi_mirror.config import Config
 from pypi_mirror.db import Database
-from pypi_mirror.index.root import GLOBAL_SERIAL_KEY, write_root_index
+from pypi_mirror.index.root_fresh import refresh_root_index
 from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import FLUSH_INTERVAL, AccessLogWriter
 from pypi_mirror.server.localfile import small_files
@@ -31,6 +31,7 @@ from pypi_mirror.server.metrics import forget_worker, prepare_metrics_dir
 from pypi_mirror.server.monitor import Monitor
 from pypi_mirror.server.ondemand import OnDemandIndex
 from pypi_mirror.server.protocol import ServerContext
+from pypi_mirror.server.root_refresh import RootRefresher
 from pypi_mirror.server.router import AccessLog, Router
 from pypi_mirror.server.simple import SimpleIndex
 from pypi_mirror.server.state import ServerState
@@ -87,6 +88,7 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
     ondemand = OnDemandIndex(config, repo, urls, state.session)
     simple = SimpleIndex(state, ondemand)
     monitor = Monitor(state, tally, ondemand)
+    root_refresher = RootRefresher(repo, config.upstream.root_refresh)
     context = ServerContext(
         Router(state, simple, monitor.routes(config.prefix)),
         AccessLog(state, tally),
@@ -130,6 +132,7 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
             small_files.sweep_if_due()
 
     flusher = asyncio.create_task(flush_periodically())
+    root_refresher.start()
     await stop.wait()
     log.info(
         "worker %d stopping: finishing in-flight requests (up to %.0f s)",
@@ -143,6 +146,7 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
     context.close_idle()
     await context.wait_closed(SHUTDOWN_GRACE)
     flusher.cancel()
+    root_refresher.close()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(max(0.1, deadline - time.monotonic() - VOTES_SLACK)):
             await monitor.close()
@@ -258,12 +262,9 @@ def _supervise(config: Config, ssl_context: ssl.SSLContext | None, count: int) -
 
 
 def _ensure_root_index(repo: Repo, db: Database) -> None:
-    """A mirror that never ran `sync` still answers /simple/: list what it knows so far."""
-    if repo.root_html.exists() and repo.root_json.exists():
-        return
-    stored = db.get_setting(GLOBAL_SERIAL_KEY)
-    serial = int(stored) if stored and stored.isdigit() else db.max_serial()
-    write_root_index(repo, db, serial)
+    """A mirror that never ran `sync` still answers /simple/: list what it knows so far,
+    including the projects fetched on demand before a restart."""
+    refresh_root_index(repo, db)
 
 
 def run_server(config: Config) -> int:

@@ -1,0 +1,52 @@
+"""`serve` keeps the root index (/simple/) current with the projects it fetched on demand:
+every ``upstream.root_refresh`` one worker rewrites it if the serials table changed.
+
+The rewrite runs on a thread of its own (a root at PyPI's size takes seconds), never on an
+executor that serves requests; the cross-process lock is only ever tried, never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+
+from pypi_mirror.db import Database
+from pypi_mirror.index.root_fresh import refresh_root_index
+from pypi_mirror.repo import Repo
+
+log = logging.getLogger(__name__)
+
+
+class RootRefresher:
+    def __init__(self, repo: Repo, interval: float) -> None:
+        self._repo = repo
+        self._interval = interval
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="root-index")
+        self._db: Database | None = None  # opened and used on the executor's thread only
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if await loop.run_in_executor(self._executor, self._refresh):
+                    log.info("root index rewritten with the projects fetched on demand")
+            except (OSError, sqlite3.Error) as error:
+                log.warning("root index not refreshed: %s", error)
+            await asyncio.sleep(self._interval)
+
+    def _refresh(self) -> bool:
+        if self._db is None:
+            self._db = Database.open(self._repo.root)
+        return refresh_root_index(self._repo, self._db)
+
+    def close(self) -> None:
+        """Stop the loop; a write in progress finishes on its thread (atomic renames)."""
+        if self._task is not None:
+            self._task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
