@@ -207,6 +207,11 @@ class Config(_Strict):
     listen: str = ":8080"
     repo_path: Path
     prefix: str = "/pypi"
+    # The mirror's public base URL (scheme and host, e.g. https://mirror.example.org): file
+    # URLs in JSON API answers are built on it. Unset: from each request's Host and scheme.
+    public_url: str | None = None
+    # Cache-Control max-age (seconds) of the simple index pages, as PyPI sends (600).
+    page_max_age: int = Field(default=600, ge=0, le=31_536_000)
     # Server worker processes sharing the port (SO_REUSEPORT); 0 means one per CPU core.
     workers: int = Field(default=0, ge=0, le=256)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
@@ -234,6 +239,21 @@ class Config(_Strict):
             except ValueError:
                 raise ValueError(f'invalid CIDR "{item}"') from None
         return networks
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        value = value.rstrip("/")
+        if not re.fullmatch(
+            r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?",
+            value,
+        ):
+            raise ValueError(
+                f'invalid public_url "{value}": must be http(s)://host[:port], without a path'
+            )
+        return value
 
     @field_validator("listen")
     @classmethod

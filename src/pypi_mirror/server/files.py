@@ -32,6 +32,9 @@ def content_type_of(filename: str) -> str:
     return mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
 
+# As PyPI's file host: a file path names one content forever (a local answer only; a 302 or
+# a proxied answer carries the upstream's own).
+FILE_HEADERS = [("Cache-Control", "max-age=365000000, immutable, public")]
 MISS_MEMORY = 1.0  # seconds a path found in no tier is not looked up again
 MISS_MEMO_LIMIT = 20_000
 
@@ -72,7 +75,7 @@ class Files:
                             self._where.clear()
                         self._where[path] = index
                     request.outcome = outcome
-                    response = answer_file(request, local, content_type_of(path))
+                    response = answer_file(request, local, content_type_of(path), FILE_HEADERS)
                     if request.method == "GET" and response.status < 400:
                         state.vote(request, path)
                     return response

@@ -8,12 +8,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
+from pypi_mirror.db import DB_FILENAME
 from pypi_mirror.server.accesslog import MirrorJsonLines, format_combined
 from pypi_mirror.server.files import Files
 from pypi_mirror.server.http import Request, Response, redirect, text
+from pypi_mirror.server.jsonapi import JsonApi
 from pypi_mirror.server.simple import SimpleIndex
 from pypi_mirror.server.state import ServerState
 from pypi_mirror.server.tally import RequestTally
+from pypi_mirror.server.xmlrpc import XmlRpc
 
 MAX_PATH = 1024
 
@@ -34,6 +37,13 @@ class Router:
         self.prefix = state.config.prefix
         self.packages = f"{self.prefix}/packages/"
         self.web_base = state.config.upstream.pypi_url
+        self.json_api = JsonApi(state, simple.ondemand)
+        self.xmlrpc = XmlRpc(state.config.repo_path / DB_FILENAME)
+        self.xmlrpc_paths = (f"{self.prefix}/pypi", f"{self.prefix}/pypi/")
+
+    def close(self) -> None:
+        self.json_api.close()
+        self.xmlrpc.close()
 
     def __call__(self, request: Request) -> Response | Any:
         raw = request.path
@@ -49,8 +59,11 @@ class Router:
             return handler(request)
         if not raw.startswith(self.prefix + "/"):
             return text(404, "not found")
+        if raw in self.xmlrpc_paths:
+            return self.xmlrpc(request)
         rest = raw[len(self.prefix) :]
-        if "%" in rest:
+        exact = "%" not in rest
+        if not exact:
             try:
                 rest = unquote(rest, errors="strict")
             except UnicodeDecodeError:
@@ -58,12 +71,20 @@ class Router:
             if any(ord(c) < 0x20 or ord(c) == 0x7F for c in rest):  # CR, LF, NUL...
                 return text(400, "bad request path")
         if rest == "/simple" or rest.startswith("/simple/"):
-            return self.simple.page(request, rest[len("/simple") :])
+            return self.simple.page(request, rest[len("/simple") :], exact)
         if rest.startswith("/web/"):
             return redirect(302, f"{self.web_base}/{rest[len('/web/') :]}")
+        # PyPI's layout, /pypi/{name}[/{version}]/json, first: a project named "pypi" is
+        # then /pypi/pypi/json (the seed's /{name}/json below keeps /pypi/json for it).
+        if rest.startswith("/pypi/"):
+            parts = rest[len("/pypi/") :].strip("/").split("/")
+            if len(parts) in (2, 3) and parts[-1] == "json" and all(parts):
+                version = parts[1] if len(parts) == 3 else None
+                return self.json_api.answer(request, parts[0], version, "/pypi")
         parts = rest.strip("/").split("/")
         if len(parts) in (2, 3) and parts[-1] == "json" and all(parts):
-            return self.simple.json_api(request, parts)
+            version = parts[1] if len(parts) == 3 else None
+            return self.json_api.answer(request, parts[0], version, "")
         return text(404, "not found")
 
 

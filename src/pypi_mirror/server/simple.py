@@ -16,17 +16,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from pypi_mirror.names import is_valid_project_name, is_valid_version, normalize
+from pypi_mirror.names import is_valid_project_name, normalize
+from pypi_mirror.server.canonical import canonical_simple
 from pypi_mirror.server.http import Request, Response, method_not_allowed, redirect, text
 from pypi_mirror.server.localfile import LocalFile, answer_file, small_files
 from pypi_mirror.server.negotiate import TEXT_HTML, V1_HTML, V1_JSON, choose_content_type
 from pypi_mirror.server.ondemand import OnDemandIndex, UpstreamUnavailable
-from pypi_mirror.server.proxy import proxy
 from pypi_mirror.server.state import ServerState
 
 log = logging.getLogger(__name__)
 
 _HTML_SERIAL = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
+CORS = ("Access-Control-Allow-Origin", "*")
 _JSON_SERIAL = re.compile(rb'"_last-serial"\s*:\s*"?(\d+)')
 _MEMO_LIMIT = 10_000
 MEMO_KEY_LIMIT = 256  # longer client strings are worked out each time, never kept
@@ -109,25 +110,32 @@ class SimpleIndex:
         self._extra: dict[tuple[int, int], list[tuple[str, str]]] = {}
         self.page_ttl = state.config.upstream.page_ttl
         self._sync_owned: dict[tuple[str, int], bool] = {}  # old page versions sync keeps
+        # Headers as PyPI sends them on index pages (precomputed: the hot path).
+        self.page_headers = (
+            ("Cache-Control", f"max-age={state.config.page_max_age}, public"),
+            CORS,
+        )
 
-    def page(self, request: Request, rest: str) -> Response | Any:
-        """``rest`` is what follows ``{prefix}/simple``."""
+    def page(self, request: Request, rest: str, exact: bool = True) -> Response | Any:
+        """``rest`` is what follows ``{prefix}/simple``; ``exact`` is False when the path came
+        with escapes (then even a canonical-looking spelling is redirected)."""
         request.route = "page"
         if request.method not in ("GET", "HEAD"):
             return method_not_allowed()
-        if rest in ("", "/"):
-            if rest == "":
-                return redirect(301, _with_query(f"{self.prefix}/simple/", request.query))
-            return self._root(request)
-        name = rest.strip("/")
-        canonical = self._canonical.get(name)
-        if canonical is None:
-            if "/" in name or not is_valid_project_name(name):
-                return text(404, "no such project")
-            canonical = _remember(self._canonical, name, normalize(name))
-        if name != canonical or not rest.endswith("/"):
-            return redirect(301, _with_query(f"{self.prefix}/simple/{canonical}/", request.query))
-        return self._project(request, canonical)
+        if exact:
+            if rest == "/":
+                return self._root(request)
+            name = rest[1:-1]
+            if rest.endswith("/") and name:
+                canonical = self._canonical.get(name)
+                if canonical is None and is_valid_project_name(name):
+                    canonical = _remember(self._canonical, name, normalize(name))
+                if canonical == name:
+                    return self._project(request, name)
+        location = canonical_simple(self.prefix, rest)
+        if location is None:
+            return text(404, "no such project")
+        return redirect(301, _with_query(location, request.query))
 
     def _negotiate(self, request: Request) -> str | None:
         fmt = None
@@ -151,7 +159,7 @@ class SimpleIndex:
             return _not_acceptable()
         repo = self.state.repo
         target = str(repo.root_json if content_type == V1_JSON else repo.root_html)
-        headers = [("Vary", "Accept, Accept-Encoding")]
+        headers = [("Vary", "Accept, Accept-Encoding"), *self.page_headers]
         candidates = [(target, "")]
         if "gzip" in (request.header(b"accept-encoding") or ""):
             candidates.insert(0, (target + ".gz", "gzip"))
@@ -239,44 +247,9 @@ class SimpleIndex:
         if extra is None:
             serial = _read_serial_of(local, is_json)
             extra = (
-                [("Vary", "Accept"), ("X-PyPI-Last-Serial", serial)]
+                [("Vary", "Accept"), *self.page_headers, ("X-PyPI-Last-Serial", serial)]
                 if serial
-                else [("Vary", "Accept")]
+                else [("Vary", "Accept"), *self.page_headers]
             )
             _remember(self._extra, (local.st.st_ino, local.st.st_mtime_ns), extra)
         return answer_file(request, local, content_type, extra)
-
-    def json_api(self, request: Request, parts: list[str]) -> Response | Any:
-        """``/{name}/json`` (local copy, else upstream) and ``/{name}/{version}/json``."""
-        request.route = "json"
-        if request.method not in ("GET", "HEAD"):
-            return method_not_allowed()
-        name = parts[0]
-        if not is_valid_project_name(name):
-            return text(404, "no such project")
-        canonical = normalize(name)
-        if canonical != name:
-            location = f"{self.prefix}/{canonical}/{'/'.join(parts[1:])}"
-            return redirect(301, _with_query(location, request.query))
-        state = self.state
-        if len(parts) == 3:
-            version = parts[1]
-            if not is_valid_version(version):
-                return text(404, "no such release")
-            request.outcome = "proxy"
-            return proxy(request, state, state.urls.release_json(canonical, version))
-        target = str(state.repo.pypi_json(canonical))
-        local = small_files.open(target)
-        if local is None:
-            request.outcome = "proxy"
-            return proxy(request, state, state.urls.project_json(canonical))
-        request.outcome = "local"
-        headers = []
-        page = str(state.repo.project_json(canonical))
-        try:
-            serial = self.serials.get(page, os.stat(page), True)
-        except OSError:
-            serial = None
-        if serial:
-            headers.append(("X-PyPI-Last-Serial", serial))
-        return answer_file(request, local, "application/json", headers)
