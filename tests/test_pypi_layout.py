@@ -280,3 +280,60 @@ def test_xmlrpc_oversized(mirror: Mirror) -> None:
     except (ConnectionError, OSError):
         return  # the server may close before reading it all
     assert reply.status == 413
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://mirror.example.org/", "https://mirror.example.org"),
+        ("http://10.0.0.1:8080", "http://10.0.0.1:8080"),
+        ("http://[::1]:8080", "http://[::1]:8080"),
+        ("", None),
+    ],
+)
+def test_public_url_accepted(tmp_path: Path, value: str, expected: str | None) -> None:
+    from pypi_mirror.config import config_from_dict
+
+    config = config_from_dict({"repo_path": str(tmp_path), "public_url": value})
+    assert config.public_url == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["mirror.example.org", "ftp://x", "https://x/pypi", "https://x?y", "https://a b"]
+)
+def test_public_url_refused(tmp_path: Path, value: str) -> None:
+    from pypi_mirror.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="public_url"):
+        config_from_dict({"repo_path": str(tmp_path), "public_url": value})
+
+
+def test_page_max_age(tmp_path: Path) -> None:
+    from pypi_mirror.config import ConfigError, config_from_dict
+
+    assert config_from_dict({"repo_path": str(tmp_path)}).page_max_age == 600
+    with pytest.raises(ConfigError, match="page_max_age"):
+        config_from_dict({"repo_path": str(tmp_path), "page_max_age": -1})
+
+
+@pytest.mark.parametrize(
+    ("host", "valid"),
+    [
+        ("mirror.example.org", True),
+        ("mirror.example.org:8443", True),
+        ("127.0.0.1:8080", True),
+        ("[2001:db8::1]:443", True),
+        ("evil.test/x", False),
+        ("a@b", False),
+        ("a b", False),
+        ("", False),
+        ("-x.org", False),
+    ],
+)
+def test_host_validation(host: str, valid: bool) -> None:
+    from pypi_mirror.server.baseurl import is_valid_host
+
+    assert is_valid_host(host) is valid
