@@ -177,3 +177,9 @@ def status(config_path: Path | None, repo_path: Path | None, verbose: bool, as_j
     from pypi_mirror.status_cli import print_status
 
     sys.exit(print_status(config, as_json=as_json))
+
+
+# Last: cache_cli takes its shared options (config_option, …) from this module.
+from pypi_mirror.cache_cli import cache  # noqa: E402
+
+main.add_command(cache)

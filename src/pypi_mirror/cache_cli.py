@@ -1,0 +1,148 @@
+"""``pypi-mirror cache purge`` and ``pypi-mirror cache prewarm``: the file cache by hand.
+
+Both take the cache lock that `sync` holds while it manages the cache (waiting up to
+``--wait`` seconds, then giving up with exit status 1), so neither works from a picture of the
+tiers that a running sync is changing. A running `serve` needs no telling: it checks a local
+file with lstat(2) on every request, so a purged file is not served from that moment on; the
+descriptors it keeps open for large files are swept every 5 seconds, which is when the disk
+space of a purged file that was being served comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from pypi_mirror.cli import config_option, load_or_exit, ready_or_exit, setup_logging
+from pypi_mirror.cli import verbose_option as _verbose_option
+from pypi_mirror.names import is_valid_project_name, normalize
+
+EXIT_FAILED = 1
+DEFAULT_WAIT = 60.0
+
+wait_option = click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_WAIT,
+    show_default=True,
+    help="Seconds to wait while a sync manages the cache, then give up (exit 1).",
+)
+
+
+@click.group()
+def cache() -> None:
+    """Act on the file cache now: purge a project's files, pre-warm from lock files."""
+
+
+def _lock_refused() -> None:
+    click.echo(
+        "pypi-mirror cache: a sync is managing the cache (its lock is held); nothing done. "
+        "Try again when it has finished, or raise --wait.",
+        err=True,
+    )
+    sys.exit(EXIT_FAILED)
+
+
+@cache.command()
+@click.argument("name")
+@click.option("--version", "version", metavar="V", help="Only the files of this release.")
+@click.option("--file", "filename", metavar="F", help="Only this file (its filename).")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@wait_option
+@config_option
+@_verbose_option
+def purge(
+    name: str,
+    version: str | None,
+    filename: str | None,
+    dry_run: bool,
+    wait: float,
+    config_path: Path | None,
+    verbose: bool,
+) -> None:
+    """Remove NAME's cached files from every tier and the database, and its pages (they are
+    fetched again by the next sync or request). For incident response: takes effect at once.
+
+    Exits 0 when everything selected was removed, 1 naming each file that could not be."""
+    if not is_valid_project_name(name):
+        raise click.BadParameter(f"not a project name: {name!r}", param_hint="NAME")
+    if filename is not None and ("/" in filename or filename in (".", "..")):
+        raise click.BadParameter("a filename, not a path", param_hint="--file")
+    setup_logging(verbose)
+    config = load_or_exit(config_path)
+    ready_or_exit(config, "dry-run" if dry_run else "sync")
+    from pypi_mirror.cache.lock import cache_lock
+    from pypi_mirror.cache.purge import Selection, purge
+    from pypi_mirror.db import Database
+    from pypi_mirror.repo import Repo
+
+    repo = Repo(config)
+    selection = Selection(normalize(name), version, filename)
+    with cache_lock(repo, wait) as held:
+        if not held:
+            _lock_refused()
+        db = Database.open(config.repo_path)
+        try:
+            result = purge(repo, db, selection, dry_run=dry_run)
+        finally:
+            db.close()
+    verb = "would remove" if dry_run else "removed"
+    for item in result.removed:
+        click.echo(f"{verb} {item.path} (tier {item.tier}, {item.size:,} bytes)")
+    for failure in result.failed:
+        click.echo(f"could not remove {failure}", err=True)
+    click.echo(result.summary(dry_run=dry_run))
+    sys.exit(EXIT_FAILED if result.failed else 0)
+
+
+@cache.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@wait_option
+@config_option
+@_verbose_option
+def prewarm(files: tuple[Path, ...], wait: float, config_path: Path | None, verbose: bool) -> None:
+    """Download every file that FILES name into the cache now, verified against their hashes.
+
+    FILES: requirements files with --hash options (-r includes followed), uv.lock or PEP 751
+    pylock.toml. Exits 0 when every file is cached, 1 naming each that failed."""
+    setup_logging(verbose)
+    config = load_or_exit(config_path)
+    ready_or_exit(config, "sync")
+    from pypi_mirror.cache.lock import cache_lock
+    from pypi_mirror.cache.lockfiles import LockFileError, Wanted, parse_file
+    from pypi_mirror.cache.prewarm import prewarm as run_prewarm
+    from pypi_mirror.db import Database
+    from pypi_mirror.repo import Repo
+
+    wanted: list[Wanted] = []
+    skipped: list[str] = []
+    for path in files:
+        try:
+            parsed = parse_file(path)
+        except LockFileError as error:
+            click.echo(f"pypi-mirror cache prewarm: {error}", err=True)
+            sys.exit(EXIT_FAILED)
+        wanted.extend(parsed.wanted)
+        skipped.extend(parsed.skipped)
+    repo = Repo(config)
+    repo.create_folders()
+    with cache_lock(repo, wait) as held:
+        if not held:
+            _lock_refused()
+        db = Database.open(config.repo_path)
+        try:
+            result = asyncio.run(run_prewarm(config, repo, db, wanted, progress_bar=None))
+        finally:
+            db.close()
+    result.skipped[:0] = skipped
+    for path, tier, size in result.downloaded:
+        click.echo(f"downloaded {path} (tier {tier}, {size:,} bytes)")
+    for reason in result.skipped:
+        click.echo(f"skipped {reason}")
+    for reason in result.failed:
+        click.echo(f"failed {reason}", err=True)
+    click.echo(result.summary())
+    sys.exit(EXIT_FAILED if result.failed else 0)
