@@ -119,6 +119,11 @@ class _Project:
     previous: _Snapshot | None = None
     quarantined: bool = False
     relative_urls: bool = False
+    # PEP 792 marker shown on the PEP 691 JSON page (None: the page has no project-status).
+    status: str | None = None
+    status_reason: str = ""
+    # PEP 740: filename -> provenance URL shown on the PEP 691 JSON page.
+    provenance: dict[str, str] = field(default_factory=dict)
     stale_left: int = 0
 
 
@@ -254,6 +259,8 @@ class FakePyPI:
         self._corrupt: list[str] = []
         self._truncate: list[str] = []
         self._requests: list[RequestRecord] = []
+        # False: an older index whose project pages are HTML only, whatever is asked for.
+        self.simple_json_pages = True
         # Bound now so url and files_url are known before start(), e.g. to add content first.
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.bind(("127.0.0.1", 0))
@@ -517,6 +524,24 @@ class FakePyPI:
         with self._lock:
             proj = self._projects[canonicalize_name(project)]
             proj.quarantined = quarantined
+            self._serial += 1
+            self._commit(proj, proj.current.files)
+
+    def set_status(self, project: str, status: str | None, reason: str = "") -> None:
+        """PEP 792 marker on the PEP 691 JSON page (None: no marker). Unlike ``quarantine``,
+        the JSON API keeps answering; the page of a "quarantined" project lists no files."""
+        with self._lock:
+            proj = self._projects[canonicalize_name(project)]
+            proj.status, proj.status_reason = status, reason
+            self._serial += 1
+            self._commit(proj, proj.current.files)
+
+    def set_provenance(self, project: str, filename: str, url: str) -> None:
+        """PEP 740: the PEP 691 JSON page gives ``url`` as the file's provenance."""
+        with self._lock:
+            proj = self._projects[canonicalize_name(project)]
+            self._find(canonicalize_name(project), filename)
+            proj.provenance[filename] = url
             self._serial += 1
             self._commit(proj, proj.current.files)
 
@@ -835,26 +860,36 @@ class FakePyPI:
             if proj is None or proj.quarantined:
                 raise web.HTTPNotFound()
             snapshot = proj.current
+            status, reason = proj.status, proj.status_reason
+            provenance = dict(proj.provenance)
         normalized = canonicalize_name(snapshot.name)
         files = sorted(snapshot.files, key=lambda f: f.filename)
-        if wants_simple_json(request):
-            doc = {
-                "files": [
-                    {
-                        "filename": f.filename,
-                        "hashes": {"sha256": f.sha256},
-                        "requires-python": f.requires_python,
-                        "size": f.size,
-                        "upload-time": f.upload_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                        "url": f.url,
-                        "yanked": f.yanked,
-                    }
-                    for f in files
-                ],
-                "meta": {"_last-serial": str(snapshot.serial), "api-version": _API_VERSION},
+        if status == "quarantined":
+            files = []  # PEP 792: no file of a quarantined project is offered
+        if wants_simple_json(request) and self.simple_json_pages:
+            entries: list[dict[str, Any]] = []
+            for f in files:
+                entry: dict[str, Any] = {
+                    "filename": f.filename,
+                    "hashes": {"sha256": f.sha256},
+                    "requires-python": f.requires_python,
+                    "size": f.size,
+                    "upload-time": f.upload_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    "url": f.url,
+                    "yanked": f.yanked,
+                }
+                if status is not None or provenance:
+                    entry["provenance"] = provenance.get(f.filename)
+                entries.append(entry)
+            api = "1.4" if status is not None or provenance else _API_VERSION
+            doc: dict[str, Any] = {
+                "files": entries,
+                "meta": {"_last-serial": str(snapshot.serial), "api-version": api},
                 "name": normalized,
-                "versions": _sorted_versions(f.version for f in files),
+                "versions": _sorted_versions(f.version for f in snapshot.files),
             }
+            if status is not None:
+                doc["project-status"] = {"status": status, **({"reason": reason} if reason else {})}
             return self._json(doc, snapshot.serial, SIMPLE_JSON)
         title = html.escape(snapshot.name)
         lines = [

@@ -35,11 +35,13 @@ from pypi_mirror.cache.download import StopSignal
 from pypi_mirror.cache.execute import execute_plan
 from pypi_mirror.cache.inventory import take_inventory
 from pypi_mirror.cache.lookup import IndexLookup
-from pypi_mirror.cache.plan import Plan, make_plan, rank
+from pypi_mirror.cache.plan import Entry, Plan, make_plan, rank
 from pypi_mirror.cache.report import CacheResult, TierState
-from pypi_mirror.cache.sizes import find_candidates
+from pypi_mirror.cache.sizes import Candidates, find_candidates
 from pypi_mirror.config import Config
 from pypi_mirror.db import Database
+from pypi_mirror.index.quarantine import load as load_quarantined
+from pypi_mirror.index.quarantine import refused_paths
 from pypi_mirror.repo import Repo
 from pypi_mirror.upstream import make_session
 
@@ -180,6 +182,7 @@ async def _run(
         if stop.is_set():
             result.stopped = True
             return
+        _drop_quarantined(candidates, refused_paths(load_quarantined(repo.root)))
         enter("C")
         ranked = rank(candidates.entries)
         enter("D")
@@ -235,6 +238,21 @@ async def _run(
         gc.unfreeze()
         if collecting:
             gc.enable()
+
+
+def _drop_quarantined(candidates: Candidates, refused: frozenset[str]) -> None:
+    """PEP 792: a quarantined project's files are wanted by no vote count: those held locally
+    join the files that go (from every tier), the others are not downloaded."""
+    if not refused:
+        return
+    kept: list[Entry] = []
+    for entry in candidates.entries:
+        if entry.path not in refused:
+            kept.append(entry)
+        elif entry.tier is not None:
+            candidates.others.append(entry)
+            candidates.votes_of_others[entry.path] = entry.votes
+    candidates.entries = kept
 
 
 def _planned_placement(local: dict[str, tuple[int, int]], plan: Plan) -> dict[str, int]:

@@ -4,7 +4,11 @@ One renderer for both ``serve`` (on-demand fetch) and ``sync``. It writes:
 
 - the PEP 503 HTML page (+ PEP 592 yanked, PEP 629 repository version, PEP 658/714 core
   metadata attributes, the ``<!--SERIAL n-->`` trailer), and
-- the PEP 691 JSON page (+ PEP 700 ``versions``, ``size``, ``upload-time``).
+- the PEP 691 JSON page (+ PEP 700 ``versions``, ``size``, ``upload-time``),
+
+both with what only the upstream's PEP 691 page tells (``SimpleExtras``, when it was read):
+PEP 740 ``provenance`` per file (API 1.3) and PEP 792 ``project-status`` (API 1.4). A
+quarantined project's pages list no files.
 
 Every file link is relative (``../../packages/<file path>``) so installers come back through the
 mirror, whatever URL prefix or reverse proxy sits in front of it; a file whose upstream URL does
@@ -25,6 +29,9 @@ from packaging.version import InvalidVersion, Version
 from pypi_mirror.names import file_path_from_url, filename_of, is_valid_project_name, normalize
 
 API_VERSION = "1.1"
+PROVENANCE_API_VERSION = "1.3"  # PEP 740
+STATUS_API_VERSION = "1.4"  # PEP 792
+PROJECT_STATUSES = frozenset({"active", "archived", "deprecated", "quarantined"})
 # From /simple/<name>/ back up to the prefix, then into the packages tree.
 FILE_URL_BASE = "../../packages/"
 
@@ -54,12 +61,34 @@ class IndexFile:
 
 
 @dataclass(frozen=True)
+class SimpleExtras:
+    """What the upstream's PEP 691 project page carries beyond ``/pypi/<name>/json``."""
+
+    status: str | None = None  # PEP 792 project status, when the page had one
+    status_reason: str | None = None
+    # PEP 740: filename → absolute provenance URL (or None); None when the page had no
+    # provenance keys at all (an API before 1.3).
+    provenance: dict[str, str | None] | None = None
+
+    @property
+    def quarantined(self) -> bool:
+        return self.status == "quarantined"
+
+    @property
+    def api_version(self) -> str:
+        if self.status is not None:
+            return STATUS_API_VERSION
+        return PROVENANCE_API_VERSION if self.provenance is not None else API_VERSION
+
+
+@dataclass(frozen=True)
 class RenderedProject:
     name: str  # PEP 503 normalised
     serial: int  # the body's last_serial
     html: bytes  # PEP 503 page
     json: bytes  # PEP 691 page
-    files: tuple[IndexFile, ...]
+    files: tuple[IndexFile, ...]  # what the pages list (none for a quarantined project)
+    quarantined: bool = False
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -186,13 +215,19 @@ def sorted_versions(versions: Iterable[str]) -> list[str]:
 # -- project pages -------------------------------------------------------------------------
 
 
-def _html_page(name: str, serial: int, files: list[IndexFile]) -> bytes:
+def _html_page(name: str, serial: int, files: list[IndexFile], extras: SimpleExtras) -> bytes:
     title = escape(name)
+    head = f'<meta name="pypi:repository-version" content="{extras.api_version}">\n'
+    if extras.status is not None:
+        head += f'<meta name="pypi:project-status" content="{extras.status}">\n'
+        if extras.status_reason:
+            reason = escape(extras.status_reason)
+            head += f'<meta name="pypi:project-status-reason" content="{reason}">\n'
     parts = [
-        "<!DOCTYPE html>\n<html>\n<head>\n"
-        f'<meta name="pypi:repository-version" content="{API_VERSION}">\n'
+        f"<!DOCTYPE html>\n<html>\n<head>\n{head}"
         f"<title>Links for {title}</title>\n</head>\n<body>\n<h1>Links for {title}</h1>\n"
     ]
+    provenance = extras.provenance or {}
     append = parts.append
     for file in files:
         href = FILE_URL_BASE + file.path
@@ -209,13 +244,19 @@ def _html_page(name: str, serial: int, files: list[IndexFile]) -> bytes:
             value = "true" if file.metadata_sha256 is None else "sha256=" + file.metadata_sha256
             # PEP 714's name, plus PEP 658's for pip < 23.2.
             attrs += f' data-core-metadata="{value}" data-dist-info-metadata="{value}"'
+        url = provenance.get(file.filename)
+        if url is not None:
+            attrs += f' data-provenance="{escape(url)}"'
         append(f"{attrs}>{file.filename}</a><br/>\n")
     append(f"</body>\n</html>\n<!--SERIAL {serial}-->\n")
     return "".join(parts).encode()
 
 
-def _json_page(name: str, serial: int, files: list[IndexFile], versions: list[str]) -> bytes:
+def _json_page(
+    name: str, serial: int, files: list[IndexFile], versions: list[str], extras: SimpleExtras
+) -> bytes:
     entries = []
+    provenance = extras.provenance
     append = entries.append
     for file in files:
         if file.has_metadata:
@@ -225,29 +266,39 @@ def _json_page(name: str, serial: int, files: list[IndexFile], versions: list[st
         else:
             core = False
         # Never the key "dist-info-metadata": pip versions that read it crash on some values.
-        append(
-            {
-                "filename": file.filename,
-                "url": FILE_URL_BASE + file.path,
-                "hashes": {} if file.sha256 is None else {"sha256": file.sha256},
-                "requires-python": file.requires_python,
-                "size": file.size,
-                "upload-time": file.upload_time,
-                "yanked": file.yanked,
-                "core-metadata": core,
-            }
-        )
-    page = {
-        "meta": {"api-version": API_VERSION, "_last-serial": serial},
+        entry: dict[str, Any] = {
+            "filename": file.filename,
+            "url": FILE_URL_BASE + file.path,
+            "hashes": {} if file.sha256 is None else {"sha256": file.sha256},
+            "requires-python": file.requires_python,
+            "size": file.size,
+            "upload-time": file.upload_time,
+            "yanked": file.yanked,
+            "core-metadata": core,
+        }
+        if provenance is not None:
+            entry["provenance"] = provenance.get(file.filename)
+        append(entry)
+    page: dict[str, Any] = {
+        "meta": {"api-version": extras.api_version, "_last-serial": serial},
         "name": name,
         "files": entries,
         "versions": versions,
     }
+    if extras.status is not None:
+        status: dict[str, str] = {"status": extras.status}
+        if extras.status_reason:
+            status["reason"] = extras.status_reason
+        page["project-status"] = status
     return orjson.dumps(page)
 
 
-def render_project(doc_or_body: dict[str, Any] | bytes) -> RenderedProject:
-    """Both simple pages of one project from its PyPI JSON document (or the raw body)."""
+def render_project(
+    doc_or_body: dict[str, Any] | bytes, extras: SimpleExtras | None = None
+) -> RenderedProject:
+    """Both simple pages of one project from its PyPI JSON document (or the raw body), with
+    what the upstream's PEP 691 page added (``extras``, when it was read)."""
+    extras = extras or SimpleExtras()
     if isinstance(doc_or_body, dict):
         doc = doc_or_body
         _check_shape(doc)
@@ -255,14 +306,16 @@ def render_project(doc_or_body: dict[str, Any] | bytes) -> RenderedProject:
         doc = parse_pypi_json(doc_or_body)
     name = normalize(doc["info"]["name"])
     serial: int = doc["last_serial"]
-    files = index_files(doc)
+    # PEP 792: an index must offer no file of a quarantined project.
+    files = [] if extras.quarantined else index_files(doc)
     versions = sorted_versions(doc["releases"])
     return RenderedProject(
         name=name,
         serial=serial,
-        html=_html_page(name, serial, files),
-        json=_json_page(name, serial, files, versions),
+        html=_html_page(name, serial, files, extras),
+        json=_json_page(name, serial, files, versions, extras),
         files=tuple(files),
+        quarantined=extras.quarantined,
     )
 
 

@@ -8,9 +8,11 @@ instead of believing stale pages are current.
 from __future__ import annotations
 
 from pypi_mirror.db import Database
+from pypi_mirror.index import quarantine
 from pypi_mirror.index.render import (
     IndexFile,
     RenderedProject,
+    SimpleExtras,
     index_files,
     parse_pypi_json,
     render_project,
@@ -18,10 +20,23 @@ from pypi_mirror.index.render import (
 from pypi_mirror.repo import Repo
 
 
-def save_project(repo: Repo, db: Database, body: bytes, *, on_demand: bool) -> RenderedProject:
-    """Render ``body`` (a ``/pypi/<name>/json`` response), store all three documents, then
-    record the serial the body carries. Raises RenderError (nothing written) on a bad body."""
-    rendered = render_project(body)
+def save_project(
+    repo: Repo,
+    db: Database,
+    body: bytes,
+    *,
+    on_demand: bool,
+    extras: SimpleExtras | None = None,
+) -> RenderedProject:
+    """Render ``body`` (a ``/pypi/<name>/json`` response) with ``extras`` (the upstream's
+    PEP 691 page, when read), store all three documents, then record the serial the body
+    carries. Raises RenderError (nothing written) on a bad body."""
+    rendered = render_project(body, extras)
+    if extras is not None:
+        # Before the pages: a quarantined project's files are refused from this moment on.
+        # Without extras nothing is known of its status, and a quarantine stays recorded.
+        paths = quarantined_paths(body) if rendered.quarantined else None
+        quarantine.update(repo.root, rendered.name, paths)
     repo.write_project(rendered.name, body, rendered.html, rendered.json)
     db.set_serial(rendered.name, rendered.serial, on_demand=on_demand)
     return rendered
@@ -31,6 +46,12 @@ def delete_project_pages(repo: Repo, db: Database, name: str) -> None:
     """Forget a project that is gone upstream: its pages, its JSON copy, its serial."""
     repo.remove_project(name)
     db.delete_serial(name)
+    quarantine.update(repo.root, name, None)
+
+
+def quarantined_paths(body: bytes) -> list[str]:
+    """Every file path ``body`` lists (the pages of a quarantined project list none)."""
+    return [f.path for f in index_files(parse_pypi_json(body))]
 
 
 def load_index_files(repo: Repo, name: str) -> list[IndexFile] | None:

@@ -31,13 +31,20 @@ from pypi_mirror.config import Config
 from pypi_mirror.db import Database
 from pypi_mirror.index.render import (
     RenderError,
+    SimpleExtras,
     index_files,
     parse_pypi_json,
 )
 from pypi_mirror.index.root import GLOBAL_SERIAL_KEY
 from pypi_mirror.index.root_fresh import root_lock, write_root_recorded
 from pypi_mirror.index.serials import UpstreamSerials, fetch_serials
-from pypi_mirror.index.store import delete_project_pages, load_index_files, save_project
+from pypi_mirror.index.simple_json import SimpleJsonReader
+from pypi_mirror.index.store import (
+    delete_project_pages,
+    load_index_files,
+    quarantined_paths,
+    save_project,
+)
 from pypi_mirror.names import metadata_path, normalize
 from pypi_mirror.progress import Progress, format_duration
 from pypi_mirror.repo import Repo, is_disk_full
@@ -189,6 +196,7 @@ class _Answer:
     body: bytes = b""
     reason: str = ""
     retry: bool = True  # for "failed": False when the same request would get the same answer
+    extras: SimpleExtras | None = None  # from the upstream's PEP 691 page, when read
 
 
 def _header_serial(response: aiohttp.ClientResponse) -> int | None:
@@ -200,6 +208,7 @@ class _Fetcher:
     """GET /pypi/{name}/json with retries (errors, timeouts) and brief re-asks (stale, 404)."""
 
     def __init__(self, config: Config, session: aiohttp.ClientSession, tuning: SyncTuning) -> None:
+        self.config = config
         self.urls = UpstreamUrls(config)
         self.session = session
         self.retries = config.sync.retry
@@ -294,9 +303,12 @@ def stored_paths(repo: Repo, name: str) -> list[str]:
     return [f.path for f in files or ()]
 
 
-def apply_project(repo: Repo, db: Database, name: str, body: bytes) -> Outcome:
+def apply_project(
+    repo: Repo, db: Database, name: str, body: bytes, extras: SimpleExtras | None = None
+) -> Outcome:
     """Store one fetched ``/pypi/{name}/json`` body: delete the cached files that vanished from
-    it, then write its pages and JSON and advance its serial (store.save_project)."""
+    it (all of them when ``extras`` say it is quarantined), then write its pages and JSON and
+    advance its serial (store.save_project)."""
     try:
         row = db.get_serial(name)
         old = stored_paths(repo, name)
@@ -320,7 +332,10 @@ def apply_project(repo: Repo, db: Database, name: str, body: bytes) -> Outcome:
                 # Before the new JSON replaces the old: the old one is the only record.
                 current = {f.path for f in index_files(doc)}
                 deleted = delete_cached(repo, db, [p for p in old if p not in current])
-        rendered = save_project(repo, db, body, on_demand=False)
+        if extras is not None and extras.quarantined:
+            # PEP 792: none of its files may be offered, whichever tier holds them.
+            deleted += delete_cached(repo, db, set(old) | set(quarantined_paths(body)))
+        rendered = save_project(repo, db, body, on_demand=False, extras=extras)
         if rendered.name != name:
             # Only for a project new to us: the pages went to the project the body names.
             return Outcome("failed", f"upstream answered with project {rendered.name!r}")
@@ -527,10 +542,10 @@ def _worker_init(config: Config) -> None:
     _worker_store = (Repo(config), Database.open(config.repo_path))
 
 
-def _worker_apply(name: str, body: bytes) -> Outcome:
+def _worker_apply(name: str, body: bytes, extras: SimpleExtras | None) -> Outcome:
     assert _worker_store is not None
     repo, db = _worker_store
-    return apply_project(repo, db, name, body)
+    return apply_project(repo, db, name, body, extras)
 
 
 def _worker_ready() -> bool:
@@ -579,12 +594,12 @@ class _Local:
         log.info("applying projects in %d worker processes", workers)
         return cls(repo, db, pool)
 
-    async def apply(self, name: str, body: bytes) -> Outcome:
+    async def apply(self, name: str, body: bytes, extras: SimpleExtras | None) -> Outcome:
         if self.pool is None:
-            outcome = apply_project(self.repo, self.db, name, body)
+            outcome = apply_project(self.repo, self.db, name, body, extras)
         else:
             loop = asyncio.get_running_loop()
-            outcome = await loop.run_in_executor(self.pool, _worker_apply, name, body)
+            outcome = await loop.run_in_executor(self.pool, _worker_apply, name, body, extras)
         if outcome.serial:
             self.serials.append(outcome.serial)
             if len(self.serials) > 1024:
@@ -610,6 +625,7 @@ class _FetchRun:
         self.order = plan.fetch_order()
         self.new = plan.new
         self.fetcher = fetcher
+        self.simple = SimpleJsonReader(fetcher.config)
         self.local = local
         self.result = result
         self.listed_at = listed_at  # wall clock when the upstream was listed
@@ -627,6 +643,8 @@ class _FetchRun:
             self.fetching.add(me)
             try:
                 answer = await self.fetcher.fetch(name, listed, held=name not in self.new)
+                if answer.status == "ok":
+                    answer.extras = await self.simple.fetch(self.fetcher.session, name)
             finally:
                 self.fetching.discard(me)
             # Applying is never cancelled: a project is stored whole, then the stop is seen.
@@ -635,7 +653,7 @@ class _FetchRun:
 
     async def outcome(self, name: str, answer: _Answer) -> Outcome:
         if answer.status == "ok":
-            return await self.local.apply(name, answer.body)
+            return await self.local.apply(name, answer.body, answer.extras)
         if answer.status == "missing":
             # Listed but 404: quarantined upstream (PEP 792). Not an error: a project we hold
             # goes; one we never had is skipped and asked for again next run.

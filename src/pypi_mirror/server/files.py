@@ -12,6 +12,7 @@ from pypi_mirror.server.http import Request, Response, method_not_allowed, text
 from pypi_mirror.server.localfile import answer_file, small_files
 from pypi_mirror.server.metadata import serve_remote_metadata
 from pypi_mirror.server.proxy import proxy
+from pypi_mirror.server.quarantine import is_quarantined
 from pypi_mirror.server.state import ServerState
 
 _CONTENT_TYPES = {
@@ -60,6 +61,9 @@ class Files:
             return method_not_allowed()
         if not is_valid_file_path(path):
             return text(404, "not a PyPI file path")
+        if is_quarantined(self.state.repo.root, path):
+            # PEP 792: no file of a quarantined project is offered, cached or not.
+            return text(404, "the project is quarantined")
         state = self.state
         now = time.monotonic()
         if self._missing.get(path, 0.0) < now:

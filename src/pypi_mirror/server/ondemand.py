@@ -31,7 +31,8 @@ import aiohttp
 
 from pypi_mirror.config import Config
 from pypi_mirror.db import Database
-from pypi_mirror.index.render import RenderError
+from pypi_mirror.index.render import RenderError, SimpleExtras
+from pypi_mirror.index.simple_json import SimpleJsonReader
 from pypi_mirror.index.store import save_project
 from pypi_mirror.repo import Repo
 from pypi_mirror.upstream import UpstreamUrls
@@ -77,6 +78,7 @@ class OnDemandIndex:
         # holder's own upstream request has stalled for a whole timeout.
         self._lock_patience = max(5.0, config.timeouts.upstream)
         self._closed = False
+        self._simple = SimpleJsonReader(config)
         self.fetches = 0
 
     def close(self) -> None:
@@ -174,17 +176,19 @@ class OnDemandIndex:
             if len(self._missing) > 100_000:
                 self._missing.clear()
             return False
+        # PEP 792 status and PEP 740 provenance: only the upstream's PEP 691 page has them.
+        extras = await self._simple.fetch(self._get_session(), name)  # type: ignore[operator]
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._save, body)
+            await loop.run_in_executor(self._executor, self._save, body, extras)
         except RenderError as error:
             log.warning("upstream JSON for %s is unusable: %s", name, error)
             raise UpstreamUnavailable(502) from error
         self.fetches += 1
         return True
 
-    def _save(self, body: bytes) -> None:
-        save_project(self._repo, self._db(), body, on_demand=True)
+    def _save(self, body: bytes, extras: SimpleExtras | None) -> None:
+        save_project(self._repo, self._db(), body, on_demand=True, extras=extras)
 
     async def _lock_slot(self, slot: int) -> int | None:
         """Take the slot's cross-worker lock; its descriptor, or None after too long a wait.
