@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import orjson
@@ -204,3 +205,22 @@ def test_on_demand_pages_carry_the_fields(tmp_path: Path, upstream: FakePyPI) ->
         html = http(mirror.simple + "demo/").body.decode()
         assert '<meta name="pypi:project-status" content="archived">' in html
         assert "data-provenance=" in html
+
+
+def test_cache_never_downloads_a_quarantined_file(tmp_path: Path, upstream: FakePyPI) -> None:
+    from pypi_mirror.db import Database
+
+    upstream.set_status("demo", "quarantined")
+    repo = tmp_path / "repo"
+    config = make_config(repo, upstream)
+    assert sync(config)[0] == 0  # the index: demo recorded as quarantined
+    wheel = upstream.file("demo", "demo-1.0-py3-none-any.whl")
+    other = upstream.file("plain", "plain-2.0-py3-none-any.whl")
+    db = Database.open(repo)
+    now = time.time()
+    votes = [(f.path, f"10.0.{i}.0/24", now) for f in (wheel, other) for i in range(3)]
+    db.add_votes(votes, dedup_window=300)
+    db.close()
+    assert sync(config)[0] == 0
+    assert (repo / "packages" / other.path).is_file()  # the control: votes bring it in
+    assert not (repo / "packages" / wheel.path).exists()

@@ -18,6 +18,10 @@ from pypi_mirror.repo import Repo
 
 log = logging.getLogger(__name__)
 
+# While `sync` stores projects the table changes all the time: at PyPI's size a rewrite takes
+# seconds, so the pause after one is at least this many times as long (≤ 10 % of a thread).
+PACE = 10.0
+
 
 class RootRefresher:
     def __init__(self, repo: Repo, interval: float) -> None:
@@ -33,12 +37,16 @@ class RootRefresher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
+            pause = self._interval
             try:
                 if await loop.run_in_executor(self._executor, self._refresh):
-                    log.info("root index rewritten with the projects fetched on demand")
+                    took = loop.time() - started
+                    log.info("root index rewritten with new serials in %.1f s", took)
+                    pause = max(pause, took * PACE)
             except (OSError, sqlite3.Error) as error:
                 log.warning("root index not refreshed: %s", error)
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(pause)
 
     def _refresh(self) -> bool:
         if self._db is None:
