@@ -207,7 +207,7 @@ def parse_pylock(path: Path) -> Parsed:
             artifacts.append(package["sdist"])
         for other in ("vcs", "directory", "archive"):
             if other in package:
-                parsed.skipped.append(f"{label}: a {other} source, not an index file")
+                parsed.skipped.append(f"{label}: {other} source, not an index file")
         for artifact in artifacts:
             hashes = artifact.get("hashes")
             sha = hashes.get("sha256", "") if isinstance(hashes, dict) else ""
