@@ -224,3 +224,21 @@ def test_cache_never_downloads_a_quarantined_file(tmp_path: Path, upstream: Fake
     assert sync(config)[0] == 0
     assert (repo / "packages" / other.path).is_file()  # the control: votes bring it in
     assert not (repo / "packages" / wheel.path).exists()
+
+
+def test_on_demand_quarantine_refuses_cached_files(tmp_path: Path, upstream: FakePyPI) -> None:
+    upstream.set_status("demo", "quarantined", "malware")
+    wheel = upstream.file("demo", "demo-1.0-py3-none-any.whl")
+    with Mirror(tmp_path, upstream.url, upstream.files_url) as mirror:
+        cached = mirror.repo / "packages" / wheel.path
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(wheel.content)
+        assert http(mirror.base + "/packages/" + wheel.path).status == 200  # not known yet
+        page = http(mirror.simple + "demo/", headers={"Accept": V1_JSON}).json()
+        assert page["files"] == []
+        assert page["project-status"] == {"status": "quarantined", "reason": "malware"}
+        html = http(mirror.simple + "demo/").body.decode()
+        assert '<meta name="pypi:project-status-reason" content="malware">' in html
+        assert mirror.wait_for(
+            lambda: http(mirror.base + "/packages/" + wheel.path).status == 404, timeout=5
+        )
