@@ -1,4 +1,4 @@
-"""Command line: ``pypi-mirror serve``, ``sync``, ``check`` and ``status``.
+"""Command line: ``pypi-mirror serve``, ``sync``, ``check``, ``status`` and ``simulate``.
 
 Exit status 2 means nothing was started: a bad configuration, or an environment it cannot
 work in (preflight.py); each message names the configuration key.
@@ -183,3 +183,102 @@ def status(config_path: Path | None, repo_path: Path | None, verbose: bool, as_j
 from pypi_mirror.cache_cli import cache  # noqa: E402
 
 main.add_command(cache)
+
+
+def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
+    from pypi_mirror.config import parse_size
+
+    if value is None:
+        return None
+    try:
+        return [parse_size(part) for part in value.split(",") if part.strip()]
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _policies(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
+    from pypi_mirror.cache.plan import SCORERS
+
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    unknown = [name for name in names if name not in SCORERS]
+    if unknown or not names:
+        raise click.BadParameter(f"{', '.join(unknown) or value!r}: use {', '.join(SCORERS)}")
+    return names
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
+    from pypi_mirror.config import parse_duration
+
+    try:  # a bare number is seconds ("--warmup 0")
+        return parse_duration(float(value) if value.replace(".", "", 1).isdigit() else value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+@main.command()
+@click.argument(
+    "logs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False)
+)
+@config_option
+@verbose_option
+@click.option(
+    "--budget",
+    callback=_sizes,
+    help="Cache sizes to try, e.g. 100g,500g (default: the config's tiers, or size_limit).",
+)
+@click.option(
+    "--policy",
+    default="votes,per-byte",
+    show_default=True,
+    callback=_policies,
+    help="cache.policy values to try.",
+)
+@click.option(
+    "--sync-every",
+    default="1h",
+    show_default=True,
+    callback=_duration,
+    help="Log time between two plans (how often sync runs).",
+)
+@click.option(
+    "--warmup",
+    default="1d",
+    show_default=True,
+    callback=_duration,
+    help="Log time left out of the rates (reported apart); 0 counts it.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the rows as JSON to this file.",
+)
+def simulate(
+    logs: tuple[Path, ...],
+    config_path: Path | None,
+    verbose: bool,
+    budget: list[int] | None,
+    policy: list[str],
+    sync_every: float,
+    warmup: float,
+    json_path: Path | None,
+) -> None:
+    """Replay request logs through the vote rules and the cache plan: hit rates per budget
+    and policy.
+
+    LOG: this mirror's access log (mirror-json or combined) or a JSON-lines trace
+    ({"t","ip","path","size","ua"}); .xz and .gz are read as they are. Nothing is written
+    but --json; the database (for sizes the logs do not give) is only read."""
+    setup_logging(verbose)
+    if sync_every <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="--sync-every")
+    config = load_or_exit(config_path)
+    from pypi_mirror.simulate_cli import run_simulation, table, tier_limits, write_json
+
+    budgets = [(size,) for size in budget] if budget else [tier_limits(config)]
+    requests, runs, timings = run_simulation(
+        config, logs, budgets=budgets, policies=policy, sync_every=sync_every, warmup=warmup
+    )
+    click.echo(table(requests, runs, timings))
+    if json_path is not None:
+        write_json(json_path, runs)

@@ -180,6 +180,9 @@ class CacheConfig(_Strict):
     dedup_window: Duration = parse_duration("5m")
     size_db_ttl: Duration = parse_duration("2d")
     tiers: list[TierConfig] | None = None
+    # How the plan ranks files (cache/plan.py SCORERS): "votes" is SPEC.md's score,
+    # "per-byte" ranks by votes per byte held (more request hits, fewer byte hits).
+    policy: Literal["votes", "per-byte"] = "votes"
 
 
 class SyncConfig(_Strict):

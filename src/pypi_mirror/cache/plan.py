@@ -24,6 +24,16 @@ def score(votes: int, size: int) -> float:
     return votes / (max(size, SCORE_SIZE_FLOOR) + 1) * MIB
 
 
+def score_per_byte(votes: int, size: int) -> float:
+    """``cache.policy: per-byte``: votes per MiB held. Ten small files with the votes of one
+    big one win its space: more requests are hits, fewer bytes are."""
+    return votes / (size + 1) * MIB
+
+
+# cache.policy -> score(votes, size); "votes" is SPEC.md's score.
+SCORERS = {"votes": score, "per-byte": score_per_byte}
+
+
 @dataclass(slots=True)
 class Entry:
     """One file the plan decides about."""
@@ -43,7 +53,12 @@ def rank_key(entry: Entry) -> tuple[float, int, str]:
     return (-entry.score, entry.size, entry.path)
 
 
-def rank(entries: Sequence[Entry]) -> list[Entry]:
+def rank(entries: Sequence[Entry], policy: str = "votes") -> list[Entry]:
+    """``entries`` in rank order under ``policy`` (a key of SCORERS)."""
+    if policy != "votes":
+        scorer = SCORERS[policy]
+        for entry in entries:
+            entry.score = scorer(entry.votes, entry.size)
     return sorted(entries, key=rank_key)
 
 
@@ -53,10 +68,14 @@ def assign(ranked: Sequence[Entry], limits: Sequence[int]) -> list[int | None]:
     First fit in rank order: a file that does not fit a tier leaves the space to the
     lower-scored files after it that do, so no space is held back that a file could use.
     """
+    return assign_sizes([entry.size for entry in ranked], limits)
+
+
+def assign_sizes(sizes: Sequence[int], limits: Sequence[int]) -> list[int | None]:
+    """``assign`` on the sizes alone (``pypi-mirror simulate`` calls it without entries)."""
     free = list(limits)
     targets: list[int | None] = []
-    for entry in ranked:
-        size = entry.size
+    for size in sizes:
         for tier, room in enumerate(free):
             if size <= room:
                 free[tier] = room - size
@@ -123,14 +142,15 @@ def make_plan(
     limits: Sequence[int],
     *,
     presorted: bool = False,
+    policy: str = "votes",
 ) -> Plan:
     """Assign ``candidates`` to tiers and order the steps that get there.
 
     ``others`` are local files that are not candidates (too few votes, too large): they are
     deleted. Every local file must appear once, in one of the two lists. ``presorted``:
-    the candidates are already in ``rank`` order.
+    the candidates are already in ``rank`` order; ``policy``: ``cache.policy``, else.
     """
-    ranked = list(candidates) if presorted else rank(candidates)
+    ranked = list(candidates) if presorted else rank(candidates, policy)
     targets = assign(ranked, limits)
     tiers = [TierChange(limit=limit) for limit in limits]
     usage = [0] * len(limits)
