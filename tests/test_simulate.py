@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import lzma
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from click.testing import CliRunner
 from pypi_mirror.cache.plan import Entry, make_plan
 from pypi_mirror.cli import main
 from pypi_mirror.db import Database
+from tests.fakepypi import FakePyPI
+from tests.test_cache_manager import World
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 PIP = "pip/25.0"
@@ -156,7 +159,9 @@ def _simulate(tmp_path: Path, log: Path, *extra: str) -> tuple[str, dict]:
         ("access-combined.log", write_combined),
     ],
 )
-def test_hand_computed_answer_in_every_format(tmp_path: Path, name: str, writer) -> None:
+def test_hand_computed_answer_in_every_format(
+    tmp_path: Path, name: str, writer: Callable[[Path], None]
+) -> None:
     log = tmp_path / name
     writer(log)
     output, data = _simulate(tmp_path, log, "--budget", "3000", "--warmup", "0")
@@ -258,3 +263,32 @@ def test_policy_is_validated() -> None:
     assert config_from_dict({"repo_path": "/tmp/x", "cache": {"policy": "per-byte"}})
     with pytest.raises(ConfigError, match=r"cache\.policy"):
         config_from_dict({"repo_path": "/tmp/x", "cache": {"policy": "lru"}})
+
+
+@pytest.fixture
+def world(tmp_path: Path, fake_pypi: FakePyPI) -> Iterator[World]:
+    w = World(tmp_path, fake_pypi)
+    yield w
+    w.db.close()
+
+
+@pytest.mark.parametrize("policy", ["votes", "per-byte"])
+async def test_sync_plans_with_the_configured_policy(world: World, policy: str) -> None:
+    big = world.publish("big", size=6000)
+    small = [world.publish(f"small{i}", size=300) for i in range(3)]
+    world.hold_index("big", *(f"small{i}" for i in range(3)))
+    assert sum(file.size for file in small) <= big.size
+    world.limits = [big.size, 0]
+    world.cache = {"policy": policy}
+    world.vote(big.path, 5)
+    for file in small:
+        world.vote(file.path, 2)
+
+    result = await world.run()
+
+    assert not result.failures
+    held = {path for path in (big.path, *(f.path for f in small)) if world.where(path) == 0}
+    if policy == "votes":
+        assert held == {big.path}
+    else:
+        assert held == {file.path for file in small}

@@ -7,7 +7,7 @@ A inventory   (cache/inventory.py) walk every tier; ``local_sizes`` is the cache
 B sizes       (cache/sizes.py) files with enough votes from distinct prefixes; sizes from the
               disk, from ``remote_sizes``, from the index we hold (cache/lookup.py), else HEAD
               upstream.
-C score       (cache/plan.py) SPEC's formula, ranked.
+C score       (cache/plan.py) SPEC's formula (or cache.policy's), ranked.
 D assign      (cache/plan.py, cache/execute.py) first fit into the hottest tier with room;
               executed as deletions, moves (each once its target has room), downloads
               (verified, streamed to a temporary file).
@@ -184,7 +184,7 @@ async def _run(
             return
         _drop_quarantined(candidates, refused_paths(load_quarantined(repo.root)))
         enter("C")
-        ranked = rank(candidates.entries)
+        ranked = rank(candidates.entries, config.cache.policy)
         enter("D")
         others = candidates.others
         if result.votes_in_window == 0 and others:
