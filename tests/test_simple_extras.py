@@ -242,3 +242,14 @@ def test_on_demand_quarantine_refuses_cached_files(tmp_path: Path, upstream: Fak
         assert mirror.wait_for(
             lambda: http(mirror.base + "/packages/" + wheel.path).status == 404, timeout=5
         )
+
+
+def test_on_demand_from_an_upstream_without_json_pages(tmp_path: Path, upstream: FakePyPI) -> None:
+    upstream.simple_json_pages = False
+    with Mirror(tmp_path, upstream.url, upstream.files_url) as mirror:
+        for name in ("demo", "plain"):
+            doc = http(mirror.simple + f"{name}/", headers={"Accept": V1_JSON}).json()
+            assert doc["meta"]["api-version"] == "1.1" and doc["files"]
+        # Asked once, then remembered: the second project costs no extra request.
+        assert simple_page_requests(upstream, "demo") == 1
+        assert simple_page_requests(upstream, "plain") == 0
