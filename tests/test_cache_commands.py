@@ -335,3 +335,52 @@ def test_prewarm_fills_the_hottest_tier_with_room(tmp_path: Path, app_upstream: 
     assert done.returncode == 0, done.stdout + done.stderr
     assert on_disk(mirror)[base.path] == 1
     assert local_rows(mirror)[base.path] == (base.size, 1)
+
+
+# -- the file formats (no upstream) ----------------------------------------------------------
+
+
+def test_requirements_parsing(tmp_path: Path) -> None:
+    from pypi_mirror.cache.lockfiles import parse_file
+
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "more.txt").write_text(
+        f"-r ../requirements.lock\nzeta==2 --hash sha256:{c}\n"
+    )
+    (tmp_path / "requirements.lock").write_text(
+        "# generated\n"
+        "-e .\n"
+        "--requirement=sub/more.txt\n"
+        f'Foo.Bar[x]==1.0 ; python_version < "3.99" \\\n'
+        f"    --hash=sha256:{a} \\\n"
+        f"    --hash=sha256:{b}  # why\n"
+        "loose>=1\n"
+        "https://example.invalid/x.whl#sha256=abc\n"
+    )
+    parsed = parse_file(tmp_path / "requirements.lock")
+    assert [(w.name, w.version, w.sha256, w.origin) for w in parsed.wanted] == [
+        ("zeta", "2", c, "more.txt:2"),
+        ("foo-bar", "1.0", a, "requirements.lock:4"),
+        ("foo-bar", "1.0", b, "requirements.lock:4"),
+    ]
+    assert len(parsed.skipped) == 2
+    assert "loose is not pinned" in parsed.skipped[0]
+
+
+def test_both_commands_wait_for_a_sync_managing_the_cache_then_give_up(
+    purge_world: tuple[Mirror, dict[str, FakeFile]],
+) -> None:
+    import fcntl
+
+    mirror, _files = purge_world
+    before = on_disk(mirror)
+    with open(mirror.repo / ".cache.lock", "a") as handle:  # what sync's cache phase holds
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        purge = cli(mirror, "cache", "purge", "evil-pkg", "--wait", "0.5")
+        (mirror.tmp / "r.txt").write_text("")
+        prewarm = cli(mirror, "cache", "prewarm", "r.txt", "--wait", "0")
+    for done in (purge, prewarm):
+        assert done.returncode == 1
+        assert "a sync is managing the cache" in done.stderr
+    assert on_disk(mirror) == before

@@ -10,7 +10,6 @@ cache/prewarm.py's job.
 from __future__ import annotations
 
 import re
-import shlex
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +48,22 @@ class Parsed:
 
 
 def parse_file(path: Path) -> Parsed:
-    """Dispatch on the file name: ``uv.lock``, ``pylock.toml`` / ``pylock.*.toml``, else a
-    requirements file."""
-    name = path.name
-    if name.endswith(".lock") or name == "uv.lock":
-        return parse_uv_lock(path)
-    if name.endswith(".toml"):
-        return parse_pylock(path)
+    """By content: TOML with ``lock-version`` is a PEP 751 lock, TOML with ``[[package]]`` a
+    ``uv.lock``; anything else not named ``*.toml`` is a requirements file (``requirements.lock``
+    of some tools is one)."""
+    if path.suffix in (".toml", ".lock"):
+        try:
+            doc = _load_toml(path)
+        except LockFileError:
+            if path.suffix == ".toml":
+                raise
+        else:
+            if "lock-version" in doc:
+                return parse_pylock(path, doc)
+            if "package" in doc:
+                return parse_uv_lock(path, doc)
+            if path.suffix == ".toml":
+                raise LockFileError(f"{path}: neither a pylock.toml nor a uv.lock")
     return parse_requirements(path)
 
 
@@ -96,11 +104,8 @@ def parse_requirements(path: Path, _seen: frozenset[Path] = frozenset()) -> Pars
     parsed = Parsed([], [])
     for number, line in _logical_lines(text):
         origin = f"{path.name}:{number}"
-        try:
-            words = shlex.split(line)
-        except ValueError as error:
-            parsed.skipped.append(f"{origin}: {error}")
-            continue
+        # Split on blanks only: a marker's quotes ('; python_version < "3.9"') must stay.
+        words = line.split()
         include = _include_target(words)
         if include is not None:
             child = parse_requirements(path.parent / include, _seen | {resolved})
@@ -116,28 +121,24 @@ def parse_requirements(path: Path, _seen: frozenset[Path] = frozenset()) -> Pars
 def _include_target(words: list[str]) -> str | None:
     first = words[0]
     if first in ("-r", "--requirement") and len(words) > 1:
-        return words[1]
+        return words[1].strip("'\"")
     for prefix in ("-r", "--requirement="):
         if first.startswith(prefix) and len(first) > len(prefix):
-            return first[len(prefix) :]
+            return first[len(prefix) :].strip("'\"")
     return None
 
 
 def _requirement(origin: str, words: list[str], parsed: Parsed) -> None:
-    spec: list[str] = []
+    # The requirement, then its options (--hash, --config-settings …).
+    cut = next((i for i, word in enumerate(words) if word.startswith("--")), len(words))
+    spec = words[:cut]
     hashes: list[str] = []
-    index = 0
-    while index < len(words):
+    for index in range(cut, len(words)):
         word = words[index]
         if word == "--hash" and index + 1 < len(words):
             hashes.append(words[index + 1])
-            index += 2
-            continue
-        if word.startswith("--hash="):
+        elif word.startswith("--hash="):
             hashes.append(word.removeprefix("--hash="))
-        elif not word.startswith("-"):
-            spec.append(word)
-        index += 1
     try:
         requirement = Requirement(" ".join(spec))
     except InvalidRequirement as error:
@@ -176,9 +177,9 @@ def _table_list(value: Any) -> list[dict[str, Any]]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
-def parse_uv_lock(path: Path) -> Parsed:
+def parse_uv_lock(path: Path, doc: dict[str, Any] | None = None) -> Parsed:
     """``[[package]]`` entries: ``sdist = {url, hash = "sha256:…", size}`` and ``wheels``."""
-    doc = _load_toml(path)
+    doc = _load_toml(path) if doc is None else doc
     parsed = Parsed([], [])
     for package in _table_list(doc.get("package")):
         label = f"{path.name}: {package.get('name', '?')} {package.get('version', '')}".rstrip()
@@ -193,10 +194,10 @@ def parse_uv_lock(path: Path) -> Parsed:
     return parsed
 
 
-def parse_pylock(path: Path) -> Parsed:
+def parse_pylock(path: Path, doc: dict[str, Any] | None = None) -> Parsed:
     """PEP 751 ``[[packages]]`` entries: ``sdist`` and ``wheels`` with ``url`` and
     ``hashes = {sha256 = "…"}``; ``vcs``, ``directory`` and ``archive`` are not index files."""
-    doc = _load_toml(path)
+    doc = _load_toml(path) if doc is None else doc
     if "lock-version" not in doc:
         raise LockFileError(f"{path}: no lock-version (not a PEP 751 lock file)")
     parsed = Parsed([], [])
