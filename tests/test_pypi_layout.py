@@ -104,6 +104,8 @@ def test_release_json_held_and_fetched(mirror: Mirror, upstream: FakePyPI) -> No
     assert older.json()["info"]["version"] == "1.0"
     assert len(upstream.requests_matching("/pypi/demo-pkg/1.0/json")) == 1
     assert all(u.startswith(f"{mirror.base}/packages/") for u in file_urls(older.json()))
+    assert http(f"{mirror.base}/pypi/demo-pkg/1.0/json").json() == older.json()
+    assert len(upstream.requests_matching("/pypi/demo-pkg/1.0/json")) == 1  # reused
     assert http(f"{mirror.base}/pypi/demo-pkg/9.9/json").status == 404
 
 
@@ -189,6 +191,14 @@ def test_pypi_headers(mirror: Mirror, upstream: FakePyPI) -> None:
     redirected = http(f"{mirror.base}/packages/{other.path}")
     assert redirected.status == 302
     assert "cache-control" not in redirected.headers
+
+
+def test_cors_preflight(mirror: Mirror) -> None:
+    for url in (mirror.simple + "demo-pkg/", f"{mirror.base}/pypi/demo-pkg/json"):
+        reply = http(url, method="OPTIONS")
+        assert reply.status == 204, url
+        assert reply.headers["access-control-allow-origin"] == "*"
+        assert reply.headers["access-control-allow-methods"] == "GET, HEAD"
 
 
 # -- canonical URLs -------------------------------------------------------------------------

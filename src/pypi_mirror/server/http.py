@@ -54,7 +54,7 @@ class Request:
         self.keep_alive = True
         self.started = 0.0
         self.proxied = False  # the answer came through the upstream (access log field)
-        # What answered, for metrics: route "page", "root", "file", "json" or "other";
+        # What answered, for metrics: route "page", "root", "file", "json", "xmlrpc" or "other";
         # outcome "tier0", "tier1"…, "302", "proxy", "local", "fetched" (or "" when the
         # status alone says it: 304, 404, errors).
         self.route = "other"
@@ -168,6 +168,19 @@ def redirect(status: int, location: str) -> Response:
 
 def method_not_allowed() -> Response:
     return text(405, "method not allowed", [("Allow", "GET, HEAD")])
+
+
+# A CORS preflight on the index pages and the JSON API (they are public, read-only).
+PREFLIGHT_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Methods", "GET, HEAD"),
+    ("Access-Control-Max-Age", "86400"),
+    ("Allow", "GET, HEAD, OPTIONS"),
+)
+
+
+def preflight() -> Response:
+    return Response(204, list(PREFLIGHT_HEADERS))
 
 
 class DateHeader:

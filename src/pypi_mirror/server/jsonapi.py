@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,7 +22,14 @@ import orjson
 
 from pypi_mirror.names import file_path_from_url, is_valid_project_name, is_valid_version, normalize
 from pypi_mirror.server.baseurl import BaseUrl
-from pypi_mirror.server.http import Request, Response, method_not_allowed, redirect, text
+from pypi_mirror.server.http import (
+    Request,
+    Response,
+    method_not_allowed,
+    preflight,
+    redirect,
+    text,
+)
 from pypi_mirror.server.localfile import not_modified, small_files
 from pypi_mirror.server.ondemand import OnDemandIndex, UpstreamUnavailable
 from pypi_mirror.server.state import ServerState
@@ -31,6 +39,8 @@ log = logging.getLogger(__name__)
 CORS = ("Access-Control-Allow-Origin", "*")
 REWRITTEN_BUDGET = 64 * 1024 * 1024  # bytes of rewritten documents kept per worker
 MAX_UPSTREAM_DOC = 64 * 1024 * 1024  # a larger per-release document from upstream is refused
+FETCHED_TTL = 600.0  # seconds a release document fetched from upstream is reused
+FETCHED_LIMIT = 1000  # release documents kept
 
 
 class JsonDocError(ValueError):
@@ -108,6 +118,8 @@ class JsonApi:
         # (inode, mtime_ns, size, packages base, version) → (body, serial, etag); bounded.
         self._rewritten: OrderedDict[tuple[Any, ...], tuple[bytes, str, str]] = OrderedDict()
         self._used = 0
+        # (name, version, packages base) → (when, entry): older releases fetched from upstream
+        self._fetched: dict[tuple[str, str, str], tuple[float, tuple[bytes, str, str]]] = {}
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -118,7 +130,7 @@ class JsonApi:
         """``layout`` is the path before the name (``/pypi`` or ``""``), kept in redirects."""
         request.route = "json"
         if request.method not in ("GET", "HEAD"):
-            return method_not_allowed()
+            return preflight() if request.method == "OPTIONS" else method_not_allowed()
         if not is_valid_project_name(name):
             return text(404, "no such project")
         canonical = normalize(name)
@@ -203,6 +215,10 @@ class JsonApi:
     async def _from_upstream(
         self, request: Request, name: str, version: str, packages: str
     ) -> Response:
+        key = (name, version, packages)
+        known = self._fetched.get(key)
+        if known is not None and time.monotonic() - known[0] < FETCHED_TTL:
+            return self._respond(request, known[1])
         state = self.state
         url = state.urls.release_json(name, version)
         request.proxied = True
@@ -234,6 +250,9 @@ class JsonApi:
         assert rendered is not None
         body, serial = rendered
         etag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+        if len(self._fetched) >= FETCHED_LIMIT:
+            self._fetched.clear()
+        self._fetched[key] = (time.monotonic(), (body, serial, etag))
         return self._respond(request, (body, serial, etag))
 
 

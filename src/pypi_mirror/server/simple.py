@@ -18,7 +18,14 @@ from urllib.parse import parse_qs
 
 from pypi_mirror.names import is_valid_project_name, normalize
 from pypi_mirror.server.canonical import canonical_simple
-from pypi_mirror.server.http import Request, Response, method_not_allowed, redirect, text
+from pypi_mirror.server.http import (
+    Request,
+    Response,
+    method_not_allowed,
+    preflight,
+    redirect,
+    text,
+)
 from pypi_mirror.server.localfile import LocalFile, answer_file, small_files
 from pypi_mirror.server.negotiate import TEXT_HTML, V1_HTML, V1_JSON, choose_content_type
 from pypi_mirror.server.ondemand import OnDemandIndex, UpstreamUnavailable
@@ -121,7 +128,7 @@ class SimpleIndex:
         with escapes (then even a canonical-looking spelling is redirected)."""
         request.route = "page"
         if request.method not in ("GET", "HEAD"):
-            return method_not_allowed()
+            return preflight() if request.method == "OPTIONS" else method_not_allowed()
         if exact:
             if rest == "/":
                 return self._root(request)
