@@ -384,3 +384,19 @@ def test_both_commands_wait_for_a_sync_managing_the_cache_then_give_up(
         assert done.returncode == 1
         assert "a sync is managing the cache" in done.stderr
     assert on_disk(mirror) == before
+
+
+def test_prewarm_refuses_files_over_the_filesize_limit(
+    tmp_path: Path, app_upstream: FakePyPI
+) -> None:
+    import yaml
+
+    mirror = make_mirror(tmp_path, app_upstream)
+    mirror.config["cache"]["filesize_limit"] = "100"  # the cache manager would evict them
+    mirror.config_path.write_text(yaml.safe_dump(mirror.config))
+    base = app_upstream.file("base-lib", "base_lib-1.0-py3-none-any.whl")
+    (tmp_path / "requirements.txt").write_text(f"base-lib==1.0 --hash=sha256:{base.sha256}\n")
+    done = cli(mirror, "cache", "prewarm", "requirements.txt")
+    assert done.returncode == 1
+    assert f"{base.filename}: {base.size:,} bytes, over cache.filesize_limit (100)" in done.stderr
+    assert on_disk(mirror) == {}

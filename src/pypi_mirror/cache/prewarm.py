@@ -189,6 +189,14 @@ class _Placer:
             size = (
                 target.size if target.size is not None else await self._head_size(session, target)
             )
+            limit = self.config.cache.filesize_limit
+            if size is not None and size > limit:
+                # The cache manager never keeps such a file: it would go at the next sync.
+                self.result.failed.append(
+                    f"{target.origin}: {filename_of(target.path)}: {size:,} bytes, over "
+                    f"cache.filesize_limit ({limit:,})"
+                )
+                return
             tier = self.tier_with_room(size or 0)
             if tier is None:
                 self.result.failed.append(

@@ -105,9 +105,9 @@ def indexed_paths(repo: Repo, selection: Selection) -> set[str]:
     return paths
 
 
-def find_files(repo: Repo, selection: Selection) -> list[Found]:
-    """Every selected file in every tier (one walk per tier)."""
-    listed = indexed_paths(repo, selection)
+def find_files(repo: Repo, selection: Selection, listed: set[str]) -> list[Found]:
+    """Every selected file in every tier (one walk per tier); ``listed``: the selected paths
+    the index lists."""
     found: list[Found] = []
     for tier in repo.tiers:
         for path in repo.scan_tier(tier.index, workers=SCAN_WORKERS):
@@ -136,7 +136,8 @@ def purge(repo: Repo, db: Database, selection: Selection, *, dry_run: bool) -> P
     """Remove (or with ``dry_run`` only list) the selected files, then the project's pages.
     The disk goes first, the database after (the next inventory would correct a crash)."""
     result = PurgeResult()
-    found = find_files(repo, selection)
+    listed = indexed_paths(repo, selection)
+    found = find_files(repo, selection, listed)
     result.pages_removed = has_pages(repo, db, selection.name)
     if dry_run:
         result.removed = found
@@ -148,7 +149,8 @@ def purge(repo: Repo, db: Database, selection: Selection, *, dry_run: bool) -> P
             result.failed.append(f"{item.path} (tier {item.tier}): {error.strerror or error}")
             continue
         result.removed.append(item)
-    gone = {item.path for item in result.removed}
+    # Also rows of listed files that were not on disk: nothing may count them as cached.
+    gone = {item.path for item in result.removed} | listed
     still_held = {item.path for item in found if item not in result.removed}
     if gone - still_held:
         db.delete_local_files(sorted(gone - still_held))
