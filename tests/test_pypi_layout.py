@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import time
 import xmlrpc.client
 from collections.abc import Iterator
 from pathlib import Path
@@ -347,3 +348,16 @@ def test_host_validation(host: str, valid: bool) -> None:
     from pypi_mirror.server.baseurl import is_valid_host
 
     assert is_valid_host(host) is valid
+
+
+def test_json_of_stale_on_demand_project_refreshed(tmp_path: Path, upstream: FakePyPI) -> None:
+    with Mirror(tmp_path, upstream.url, upstream.files_url, upstream={"page_ttl": "1s"}) as m:
+        url = f"{m.base}/pypi/demo-pkg/json"
+        assert set(http(url).json()["releases"]) == {"1.0", "1.1"}
+        upstream.add_wheel("demo-pkg", "1.2")
+        time.sleep(1.2)
+        assert http(url).status == 200  # the held document, while a refresh runs
+        assert m.wait_for(lambda: "1.2" in http(url).json()["releases"])
+        doc = http(url).json()
+        assert doc["info"]["version"] == "1.2"
+        assert all(u.startswith(f"{m.base}/packages/") for u in file_urls(doc))

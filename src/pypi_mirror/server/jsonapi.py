@@ -119,10 +119,25 @@ class JsonApi:
         self._rewritten: OrderedDict[tuple[Any, ...], tuple[bytes, str, str]] = OrderedDict()
         self._used = 0
         # (name, version, packages base) → (when, entry): older releases fetched from upstream
+        self._refreshing: set[asyncio.Future[bool]] = set()
         self._fetched: dict[tuple[str, str, str], tuple[float, tuple[bytes, str, str]]] = {}
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _refresh_if_stale(self, name: str) -> None:
+        """An on-demand project older than page_ttl: answered as held now, refreshed in the
+        background (as its simple page would be), so the JSON API is never stale for long."""
+        exists, fetch = self.ondemand.needs_fetch(name)
+        if exists and fetch:
+            refresh = asyncio.ensure_future(self.ondemand.ensure(name))
+            self._refreshing.add(refresh)
+            refresh.add_done_callback(self._refreshed)
+
+    def _refreshed(self, refresh: asyncio.Future[bool]) -> None:
+        self._refreshing.discard(refresh)
+        if not refresh.cancelled() and refresh.exception() is not None:
+            log.debug("background refresh failed: %s", refresh.exception())
 
     def answer(
         self, request: Request, name: str, version: str | None, layout: str
@@ -163,6 +178,7 @@ class JsonApi:
             request.outcome = "fetched"
         else:
             request.outcome = "local"
+            self._refresh_if_stale(name)
         st = local.st
         key = (st.st_ino, st.st_mtime_ns, st.st_size, packages, version)
         known = self._rewritten.get(key)
