@@ -168,11 +168,12 @@ def test_metrics_of_two_workers_after_known_traffic(monitored: Monitored) -> Non
         ]
         assert buckets == sorted(buckets) and len(buckets) == 8  # cumulative, 7 bounds + Inf
 
-    # upstream: the on-demand page (aiohttp), the proxied file and its failure (relay)
-    assert value(samples, "upstream_requests_total", result="2xx") == 2
+    # upstream: the on-demand page (aiohttp: its JSON API document and its PEP 691 page),
+    # the proxied file and its failure (relay)
+    assert value(samples, "upstream_requests_total", result="2xx") == 3
     assert value(samples, "upstream_requests_total", result="5xx") == 1
     assert value(samples, "upstream_errors_total", kind="5xx") == 1
-    assert value(samples, "upstream_request_duration_seconds_count") == 3
+    assert value(samples, "upstream_request_duration_seconds_count") == 4
     assert value(samples, "ondemand_fetches_total") == 1
 
     # votes: the hit (its 304 is the same network again), the 302 and the proxied file
