@@ -179,6 +179,44 @@ def test_hand_computed_answer_in_every_format(
             assert row[key] == pytest.approx(value), (policy, key)
 
 
+def test_several_logs_out_of_order_and_the_config_tiers(tmp_path: Path) -> None:
+    """Hour 1 in the first file, hour 0 in the second: replayed in time order. Without
+    --budget the config's tiers are the budget: 1000 + 3000 bytes hold what 3000 did."""
+    full = tmp_path / "full.jsonl"
+    write_trace(full)
+    lines = full.read_text().splitlines(keepends=True)
+    late, early = tmp_path / "late.jsonl", tmp_path / "early.jsonl"
+    late.write_text("".join(lines[10:]))
+    early.write_text("".join(lines[:10]))
+    tiers = [tmp_path / "hot", tmp_path / "cold"]
+    for tier in tiers:
+        tier.mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "repo_path": str(tmp_path / "repo"),
+                "cache": {
+                    "tiers": [
+                        {"path": str(tiers[0]), "size_limit": 1000},
+                        {"path": str(tiers[1]), "size_limit": 3000},
+                    ]
+                },
+            }
+        )
+    )
+    out = tmp_path / "rows.json"
+    args = ["simulate", str(late), str(early), "-c", str(config), "--warmup", "0"]
+    result = CliRunner().invoke(main, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {row["policy"]: row for row in json.loads(out.read_text())["rows"]}
+    for policy, expected in EXPECTED.items():
+        assert rows[policy]["budget"] == 4000
+        assert rows[policy]["tiers"] == [1000, 3000]
+        for key, value in expected.items():
+            assert rows[policy][key] == pytest.approx(value), (policy, key)
+
+
 def test_json_rows_shape(tmp_path: Path) -> None:
     log = tmp_path / "trace.jsonl"
     write_trace(log)

@@ -75,8 +75,8 @@ def load_requests(
             file_id = file_ids[path] = len(paths)
             paths.append(path)
             sizes.append(-1)
-        if size is not None and size > 0 and sizes[file_id] < 0:
-            sizes[file_id] = size
+        if size is not None and size > sizes[file_id]:
+            sizes[file_id] = size  # the largest 200 seen: a client may hang up mid-file
         bot = bots.get(agent)
         if bot is None:
             bot = bots[agent] = is_bot(agent)
