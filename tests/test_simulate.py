@@ -13,7 +13,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from pypi_mirror.cache.logread import Download
 from pypi_mirror.cache.plan import Entry, make_plan
+from pypi_mirror.cache.simulate import load_requests
 from pypi_mirror.cli import main
 from pypi_mirror.db import Database
 from tests.fakepypi import FakePyPI
@@ -330,3 +332,25 @@ async def test_sync_plans_with_the_configured_policy(world: World, policy: str) 
         assert held == {big.path}
     else:
         assert held == {file.path for file in small}
+
+
+def test_ipv6_clients_vote_per_48_and_ipv4_per_24() -> None:
+    downloads = [
+        Download(T0, "2001:db8:1:1::5", C, 3000, PIP),
+        Download(T0 + 1, "2001:db8:1:ffff::9", C, 3000, PIP),  # same /48: a duplicate
+        Download(T0 + 2, "2001:db8:2::1", C, 3000, PIP),
+        Download(T0 + 3, "::ffff:10.0.1.5", C, 3000, PIP),  # IPv4-mapped: 10.0.1.0/24
+        Download(T0 + 4, "10.0.1.200", C, 3000, PIP),  # a duplicate of the line above
+    ]
+    requests = load_requests(downloads, dedup_window=300)
+    assert requests.prefix_count == 3
+    assert list(requests.voted) == [1, 0, 1, 1, 0]
+    assert requests.duplicate_votes == 2
+
+
+def test_a_log_without_downloads_is_an_error(tmp_path: Path) -> None:
+    log = tmp_path / "empty.log"
+    log.write_text('{"time":"2026-01-01T00:00:00Z","method":"GET","path":"/pypi/simple/"}\n')
+    result = CliRunner().invoke(main, ["simulate", str(log), "-c", str(_config(tmp_path))])
+    assert result.exit_code == 1
+    assert "no file downloads" in result.output

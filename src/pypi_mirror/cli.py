@@ -279,6 +279,9 @@ def simulate(
     requests, runs, timings = run_simulation(
         config, logs, budgets=budgets, policies=policy, sync_every=sync_every, warmup=warmup
     )
+    if not len(requests):
+        click.echo("pypi-mirror: no file downloads in the logs", err=True)
+        sys.exit(1)
     click.echo(table(requests, runs, timings))
     if json_path is not None:
         write_json(json_path, runs)

@@ -100,6 +100,8 @@ def table(requests: Requests, runs: Sequence[Run], timings: dict[str, float]) ->
             f"skipped: {requests.skipped_requests:,} requests for {requests.skipped_files:,} "
             f"files of unknown size; {requests.bad_lines:,} unreadable lines"
         )
+    if runs and not runs[0].measured.requests:
+        lines.append("the warm-up covers the whole log: no rates (try a shorter --warmup)")
     lines += [
         "",
         "| budget | policy | request hit | byte hit | vote hit | downloaded/day "
