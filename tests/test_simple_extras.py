@@ -253,3 +253,17 @@ def test_on_demand_from_an_upstream_without_json_pages(tmp_path: Path, upstream:
         # Asked once, then remembered: the second project costs no extra request.
         assert simple_page_requests(upstream, "demo") == 1
         assert simple_page_requests(upstream, "plain") == 0
+
+
+def test_quarantine_holds_while_the_status_cannot_be_read(
+    tmp_path: Path, upstream: FakePyPI
+) -> None:
+    upstream.set_status("demo", "quarantined")
+    repo = tmp_path / "repo"
+    assert sync(make_config(repo, upstream))[0] == 0
+    upstream.add_wheel("demo", "1.1")  # a new serial, while the page cannot be read
+    config = make_config(repo, upstream, upstream={"fetch_simple_json": False})
+    assert sync(config)[0] == 0
+    doc, _ = pages(repo, "demo")
+    assert doc["files"] == [] and doc["project-status"]["status"] == "quarantined"
+    assert "demo" in orjson.loads((repo / "quarantined.json").read_bytes())

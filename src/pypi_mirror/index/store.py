@@ -32,6 +32,9 @@ def save_project(
     PEP 691 page, when read), store all three documents, then record the serial the body
     carries. Raises RenderError (nothing written) on a bad body."""
     rendered = render_project(body, extras)
+    if extras is None and rendered.name in quarantine.load(repo.root):
+        # Status unknown this time (the page was not read): a recorded quarantine holds.
+        rendered = render_project(body, SimpleExtras(status="quarantined"))
     if extras is not None:
         # Before the pages: a quarantined project's files are refused from this moment on.
         # Without extras nothing is known of its status, and a quarantine stays recorded.
