@@ -58,6 +58,10 @@ def test_mirror_of_mirror(tmp_path: Path, upstream: FakePyPI, source: str) -> No
     (tmp_path / "b").mkdir()
     with Mirror(tmp_path / "a", upstream.url, upstream.files_url) as a:
         run_sync(a)
+        root = http(a.simple)
+        assert root.status == 200
+        assert root.headers["cache-control"] == "max-age=600, public"
+        assert root.headers["access-control-allow-origin"] == "*"
         names = ["base-lib", "top-app", "other-thing"]
         with Mirror(tmp_path / "b", a.base, a.base, upstream={"serials_source": source}) as b:
             run_sync(b)
