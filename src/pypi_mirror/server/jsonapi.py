@@ -89,8 +89,8 @@ def release_document(doc: dict[str, Any], version: str) -> dict[str, Any] | None
     }
 
 
-def _render(body: bytes, packages: str, version: str | None) -> tuple[bytes, str] | None:
-    """(rewritten document, its serial) from a project (or release) document's bytes; None
+def _render(body: bytes, packages: str, version: str | None) -> tuple[bytes, str, str] | None:
+    """(rewritten document, its serial, its ETag) from a project (or release) document's bytes; None
     when the project document does not hold ``version`` exactly. Runs in a thread."""
     try:
         doc = orjson.loads(body)
@@ -104,7 +104,9 @@ def _render(body: bytes, packages: str, version: str | None) -> tuple[bytes, str
             return None
     rewrite(doc, packages)
     serial = doc.get("last_serial")
-    return orjson.dumps(doc), str(serial) if isinstance(serial, int) else ""
+    data = orjson.dumps(doc)
+    etag = f'"{hashlib.blake2b(data, digest_size=12).hexdigest()}"'
+    return data, str(serial) if isinstance(serial, int) else "", etag
 
 
 class JsonApi:
@@ -118,8 +120,8 @@ class JsonApi:
         # (inode, mtime_ns, size, packages base, version) → (body, serial, etag); bounded.
         self._rewritten: OrderedDict[tuple[Any, ...], tuple[bytes, str, str]] = OrderedDict()
         self._used = 0
-        # (name, version, packages base) → (when, entry): older releases fetched from upstream
         self._refreshing: set[asyncio.Future[bool]] = set()
+        # (name, version, packages base) → (when, entry): older releases fetched from upstream
         self._fetched: dict[tuple[str, str, str], tuple[float, tuple[bytes, str, str]]] = {}
 
     def close(self) -> None:
@@ -163,6 +165,11 @@ class JsonApi:
     async def _answer(
         self, request: Request, name: str, version: str | None, packages: str
     ) -> Response:
+        if version is not None:  # an older release fetched lately: no parse of the held one
+            fetched = self._fetched.get((name, version, packages))
+            if fetched is not None and time.monotonic() - fetched[0] < FETCHED_TTL:
+                request.outcome = "local"
+                return self._respond(request, fetched[1])
         target = str(self.state.repo.pypi_json(name))
         local = small_files.open(target)
         if local is None:
@@ -205,11 +212,9 @@ class JsonApi:
         return self._respond(request, known)
 
     def _remember(
-        self, key: tuple[Any, ...], rendered: tuple[bytes, str]
+        self, key: tuple[Any, ...], entry: tuple[bytes, str, str]
     ) -> tuple[bytes, str, str]:
-        body, serial = rendered
-        etag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
-        entry = (body, serial, etag)
+        body = entry[0]
         while self._rewritten and self._used + len(body) > REWRITTEN_BUDGET:
             _key, old = self._rewritten.popitem(last=False)
             self._used -= len(old[0])
@@ -264,12 +269,10 @@ class JsonApi:
         except JsonDocError:
             return text(502, "upstream document unusable")
         assert rendered is not None
-        body, serial = rendered
-        etag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
         if len(self._fetched) >= FETCHED_LIMIT:
             self._fetched.clear()
-        self._fetched[key] = (time.monotonic(), (body, serial, etag))
-        return self._respond(request, (body, serial, etag))
+        self._fetched[key] = (time.monotonic(), rendered)
+        return self._respond(request, rendered)
 
 
 def _read_all(fd: int, size: int) -> bytes:
