@@ -237,6 +237,4 @@ def test_dot_segment_versions_never_reach_the_upstream(tmp_path: Path, fake_pypi
             assert reply.status in (400, 404), (path, reply.status)
         assert http(f"{mirror.base}/proj/1.0/json").status == 200
     # the release is served from the held project document (fetched once); nothing else asked
-    assert [r.path for r in fake_pypi.requests if r.path.startswith("/pypi")] == [
-        "/pypi/proj/json"
-    ]
+    assert [r.path for r in fake_pypi.requests if r.path.startswith("/pypi")] == ["/pypi/proj/json"]
