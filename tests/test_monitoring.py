@@ -107,6 +107,9 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
             assert get("/packages/ab/cd/not-a-file", "file", "local") == 404
             assert get("/simple/late-pkg/", "page", "local") == 200
             assert get("/simple/demo-pkg/", "page", "local") == 200
+            # The status page keeps its most-voted list a minute: ask for it only once the
+            # three votes are stored (the writer stores every 0.5 s).
+            assert mirror.wait_for(lambda: len(mirror.votes()) == 3, timeout=10)
             yield Monitored(mirror, fake, local, remote, serial, received)
 
 
