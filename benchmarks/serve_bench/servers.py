@@ -156,8 +156,20 @@ from pathlib import Path
 
 from pypi_mirror.db import Database
 
-db = Database.open(Path(sys.argv[1]))
+repo = Path(sys.argv[1])
+db = Database.open(repo)
 db.set_serial(sys.argv[2], int(sys.argv[3]), on_demand=False)
+# The tree's root index is PyPI's own (927,088 projects, not in this database): tell the
+# server it is current, or it would rewrite it from the one serials row at start.
+try:
+    from pypi_mirror.index.root_fresh import ROOT_SIGNATURE_KEY
+except ImportError:  # a server from before root refreshing
+    pass
+else:
+    root_json = repo / "simple" / "index.v1.json"
+    if not root_json.exists():
+        root_json.write_bytes(b'{"meta":{"api-version":"1.1"},"projects":[]}')
+    db.set_setting(ROOT_SIGNATURE_KEY, db.serials_signature())
 db.close()
 """
 
