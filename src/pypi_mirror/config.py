@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from pypi_mirror.filters import FiltersConfig
+
 log = logging.getLogger(__name__)
 
 PYPI_URL = "https://pypi.org"
@@ -227,6 +229,8 @@ class Config(_Strict):
     sync: SyncConfig = Field(default_factory=SyncConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    # Projects denied outright, files kept out of the cache (filters.py).
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

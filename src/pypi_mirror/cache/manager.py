@@ -40,6 +40,7 @@ from pypi_mirror.cache.report import CacheResult, TierState
 from pypi_mirror.cache.sizes import Candidates, find_candidates
 from pypi_mirror.config import Config
 from pypi_mirror.db import Database
+from pypi_mirror.filters import Filters, filters_of
 from pypi_mirror.index.quarantine import load as load_quarantined
 from pypi_mirror.index.quarantine import refused_paths
 from pypi_mirror.repo import Repo
@@ -182,7 +183,9 @@ async def _run(
         if stop.is_set():
             result.stopped = True
             return
-        _drop_quarantined(candidates, refused_paths(load_quarantined(repo.root)))
+        _drop_quarantined(
+            candidates, refused_paths(load_quarantined(repo.root)), filters_of(config.filters)
+        )
         enter("C")
         ranked = rank(candidates.entries, config.cache.policy)
         enter("D")
@@ -240,14 +243,15 @@ async def _run(
             gc.enable()
 
 
-def _drop_quarantined(candidates: Candidates, refused: frozenset[str]) -> None:
+def _drop_quarantined(candidates: Candidates, refused: frozenset[str], filters: Filters) -> None:
     """PEP 792: a quarantined project's files are wanted by no vote count: those held locally
-    join the files that go (from every tier), the others are not downloaded."""
-    if not refused:
+    join the files that go (from every tier), the others are not downloaded. The files of a
+    denied project (filters.deny_projects) and those of filters.cache_exclude go the same way."""
+    if not refused and not filters:
         return
     kept: list[Entry] = []
     for entry in candidates.entries:
-        if entry.path not in refused:
+        if entry.path not in refused and not filters.keeps_out_of_cache(entry.path):
             kept.append(entry)
         elif entry.tier is not None:
             candidates.others.append(entry)

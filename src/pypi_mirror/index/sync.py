@@ -29,6 +29,7 @@ import aiohttp
 
 from pypi_mirror.config import Config
 from pypi_mirror.db import Database
+from pypi_mirror.filters import Filters, filters_of
 from pypi_mirror.index.render import (
     RenderError,
     SimpleExtras,
@@ -382,6 +383,7 @@ async def list_upstream(
                         "the upstream listed %d names that are not project names (ignored)",
                         listing.invalid_names,
                     )
+                drop_denied(listing, filters_of(config.filters))
                 return listing
         except UpstreamError as error:
             if attempt >= config.sync.retry or not error.transient:
@@ -390,6 +392,17 @@ async def list_upstream(
             log.warning("listing projects failed (%s); retrying in %.1fs", error, delay)
             await asyncio.sleep(delay)
             attempt += 1
+
+
+def drop_denied(listing: UpstreamSerials, filters: Filters) -> None:
+    """filters.deny_projects: a denied project is as if unlisted, so a held one is removed
+    (pages, cached files) like any project the upstream dropped, and the root omits it."""
+    if filters.deny:
+        denied = [name for name in listing.projects if filters.denies(name)]
+        for name in denied:
+            del listing.projects[name]
+        if denied:
+            log.info("filters.deny_projects: %d listed projects left out", len(denied))
 
 
 def listing_failed(config: Config, error: UpstreamError) -> str:

@@ -6,13 +6,14 @@ import mimetypes
 import time
 from typing import Any
 
+from pypi_mirror.filters import filters_of
 from pypi_mirror.names import METADATA_SUFFIX, is_valid_file_path
 from pypi_mirror.server.clientip import fallback_mode
 from pypi_mirror.server.http import Request, Response, method_not_allowed, text
 from pypi_mirror.server.localfile import answer_file, small_files
 from pypi_mirror.server.metadata import serve_remote_metadata
 from pypi_mirror.server.proxy import proxy
-from pypi_mirror.server.quarantine import is_quarantined
+from pypi_mirror.server.quarantine import refusal
 from pypi_mirror.server.state import ServerState
 
 _CONTENT_TYPES = {
@@ -43,6 +44,7 @@ MISS_MEMO_LIMIT = 20_000
 class Files:
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        self.filters = filters_of(state.config.filters)
         # Paths found in no tier, until when: the popular misses of a partial mirror repeat
         # many times a second, and each lookup is a failed open per tier. A file that sync
         # places becomes visible within MISS_MEMORY. Bounded in entries (valid paths only).
@@ -61,9 +63,10 @@ class Files:
             return method_not_allowed()
         if not is_valid_file_path(path):
             return text(404, "not a PyPI file path")
-        if is_quarantined(self.state.repo.root, path):
-            # PEP 792: no file of a quarantined project is offered, cached or not.
-            return text(404, "the project is quarantined")
+        refused = refusal(self.state.repo.root, path, self.filters)
+        if refused is not None:
+            # PEP 792 (and filters.deny_projects): none of its files is offered, cached or not.
+            return text(404, refused)
         state = self.state
         now = time.monotonic()
         if self._missing.get(path, 0.0) < now:

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from pypi_mirror.filters import filters_of
 from pypi_mirror.names import file_path_from_url, is_valid_project_name, is_valid_version, normalize
 from pypi_mirror.server.baseurl import BaseUrl
 from pypi_mirror.server.http import (
@@ -113,6 +114,7 @@ class JsonApi:
     def __init__(self, state: ServerState, ondemand: OnDemandIndex) -> None:
         self.state = state
         self.ondemand = ondemand
+        self.filters = filters_of(state.config.filters)
         self.prefix = state.config.prefix
         self.base_url = BaseUrl(state.config)
         # Rewriting a large document costs milliseconds: off the event loop.
@@ -155,6 +157,8 @@ class JsonApi:
             tail = f"{version}/json" if version is not None else "json"
             location = f"{self.prefix}{layout}/{canonical}/{tail}"
             return redirect(301, f"{location}?{request.query}" if request.query else location)
+        if self.filters.denies(canonical):  # filters.deny_projects: never fetched or served
+            return text(404, "no such project")
         if version is not None and not is_valid_version(version):
             return text(404, "no such release")
         base = self.base_url(request)

@@ -1,6 +1,9 @@
 """Refusing the files of quarantined projects (PEP 792) even when they are cached: the paths
 recorded in ``{repo}/quarantined.json`` (index/quarantine.py), reloaded when the file's mtime
-changes (looked at no more than once a second). One set lookup per file request."""
+changes (looked at no more than once a second). One set lookup per file request.
+
+Projects denied by ``filters.deny_projects`` are refused here too, as quarantined ones are:
+one refusal, whatever the reason."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from pypi_mirror.filters import Filters
 from pypi_mirror.index.quarantine import load, record_path, refused_paths
 
 CHECK_INTERVAL = 1.0  # seconds between looks at the record's mtime
@@ -45,3 +49,12 @@ def is_quarantined(repo_root: Path, path: str) -> bool:
         record = _records[repo_root] = _Record(repo_root)
     paths = record.current()
     return bool(paths) and path in paths
+
+
+def refusal(repo_root: Path, path: str, filters: Filters) -> str | None:
+    """Why ``path`` is refused (quarantined or denied project), or None when it is not."""
+    if is_quarantined(repo_root, path):
+        return "the project is quarantined"
+    if filters.path_denied(path):
+        return "the project is not served by this mirror"
+    return None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from pypi_mirror.filters import filters_of
 from pypi_mirror.names import is_valid_project_name, normalize
 from pypi_mirror.server.canonical import canonical_simple
 from pypi_mirror.server.http import (
@@ -106,6 +107,7 @@ class SimpleIndex:
     def __init__(self, state: ServerState, ondemand: OnDemandIndex) -> None:
         self.state = state
         self.ondemand = ondemand
+        self.filters = filters_of(state.config.filters)
         self.prefix = state.config.prefix
         self.serials = SerialCache()
         self._refreshing: set[asyncio.Future[bool]] = set()
@@ -186,6 +188,8 @@ class SimpleIndex:
         return text(404, "the root index has not been generated yet")
 
     def _project(self, request: Request, name: str) -> Response | Any:
+        if self.filters.denies(name):  # filters.deny_projects: never fetched, never served
+            return text(404, "no such project")
         content_type = self._negotiate(request)
         if content_type is None:
             return _not_acceptable()
