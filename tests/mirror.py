@@ -89,6 +89,7 @@ class Mirror:
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             cwd=self.tmp,
+            start_new_session=True,  # its own process group, as a service or a terminal gives
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -117,6 +118,11 @@ class Mirror:
     def signal(self, sig: int) -> None:
         assert self.process is not None
         self.process.send_signal(sig)
+
+    def signal_group(self, sig: int) -> None:
+        """To the master and every worker at once, as Ctrl-C in a terminal does."""
+        assert self.process is not None
+        os.killpg(self.process.pid, sig)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""

@@ -435,6 +435,30 @@ def test_inflight_download_finishes_during_shutdown(tmp_path: Path, upstream: Fa
     assert reply.status == 200 and reply.body == big.content
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_lets_the_inflight_download_finish(
+    tmp_path: Path, upstream: FakePyPI, workers: int
+) -> None:
+    """Ctrl-C reaches the master and every worker, and the master passes it on: that echo is
+    one request to stop, not two (which would cut the download at once)."""
+    big = upstream.add_wheel("big-pkg", "1.0", extra_bytes=2_000_000)
+    upstream.delay(big.filename, 1.5)
+    mirror = Mirror(
+        tmp_path, upstream.url, upstream.files_url, fallback={"default": "proxy"}, workers=workers
+    )
+    mirror.start()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(http, f"{mirror.base}/packages/{big.path}")
+        time.sleep(0.5)
+        mirror.signal_group(signal.SIGINT)
+        reply = pending.result()
+        assert mirror.process is not None
+        code = mirror.process.wait(40)
+    assert code == 0
+    assert reply.status == 200 and reply.body == big.content
+    assert "second signal" not in mirror.stderr()
+
+
 def test_serial_header_and_yanked_pages(mirror: Mirror, upstream: FakePyPI) -> None:
     wheel = upstream.files("demo-pkg")[0]
     upstream.yank("demo-pkg", wheel.filename, "broken build")

@@ -41,6 +41,10 @@ from pypi_mirror.upstream import UpstreamUrls
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 30.0
+# Ctrl-C reaches the master and every worker at once, and the master passes it on too (so
+# does systemd without KillMode=mixed): a repeat within this many seconds is that echo, not
+# an operator asking a second time.
+SIGNAL_ECHO = 0.5
 STOP_SLACK = 1.5  # seconds after the grace for the rest of the stop
 VOTES_SLACK = 1.0  # of which storing the queued votes may take this much
 MAX_FAST_FAILURES = 3
@@ -108,13 +112,16 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
     )
 
     stop = asyncio.Event()
-    signals = 0
+
+    first_signal: float | None = None
 
     def on_signal() -> None:
-        nonlocal signals
-        signals += 1
+        nonlocal first_signal
         stop.set()
-        if signals > 1:  # a second signal: stop waiting for anyone
+        now = time.monotonic()
+        if first_signal is None:
+            first_signal = now
+        elif now - first_signal >= SIGNAL_ECHO:  # a second signal: stop waiting for anyone
             log.info("worker %d: second signal, closing every connection now", os.getpid())
             context.abort_all()
 
