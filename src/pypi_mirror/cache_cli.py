@@ -34,7 +34,7 @@ wait_option = click.option(
 
 @click.group()
 def cache() -> None:
-    """Act on the file cache now: purge a project's files, pre-warm from lock files."""
+    """Act on the file cache now: purge a project's files, pre-warm from lock files, pin."""
 
 
 def _lock_refused() -> None:
@@ -146,3 +146,91 @@ def prewarm(files: tuple[Path, ...], wait: float, config_path: Path | None, verb
         click.echo(f"failed {reason}", err=True)
     click.echo(result.summary())
     sys.exit(EXIT_FAILED if result.failed else 0)
+
+
+def _valid_specs(specs: tuple[str, ...]) -> list[str]:
+    from pypi_mirror.cache.pins import parse_pin
+
+    for spec in specs:
+        try:
+            parse_pin(spec)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="SPEC") from None
+    return list(specs)
+
+
+@cache.command()
+@click.argument("specs", metavar="SPEC...", nargs=-1, required=True)
+@click.option("--all-versions", is_flag=True, help="Every matching release, not only the newest.")
+@config_option
+@_verbose_option
+def pin(
+    specs: tuple[str, ...], all_versions: bool, config_path: Path | None, verbose: bool
+) -> None:
+    """Keep the files of SPEC (a project name or requirement, e.g. "torch>=2.3") in the hottest
+    tier whatever their votes; the next sync downloads them. By default only the newest
+    matching release is pinned."""
+    checked = _valid_specs(specs)
+    setup_logging(verbose)
+    config = load_or_exit(config_path)
+    from pypi_mirror.cache.pins import add_pins
+    from pypi_mirror.db import Database
+
+    db = Database.open(config.repo_path)
+    try:
+        added = add_pins(db, checked, all_versions=all_versions)
+    finally:
+        db.close()
+    for spec in checked:
+        click.echo(f"{'pinned' if spec in added else 'already pinned'} {spec}")
+    click.echo("the next sync downloads the pinned files into tier 0")
+
+
+@cache.command()
+@click.argument("specs", metavar="SPEC...", nargs=-1, required=True)
+@config_option
+@_verbose_option
+def unpin(specs: tuple[str, ...], config_path: Path | None, verbose: bool) -> None:
+    """Forget pins added with `cache pin`; from the next sync their files compete with their
+    votes again. Exits 1 when a SPEC was not pinned from the command line."""
+    checked = _valid_specs(specs)
+    setup_logging(verbose)
+    config = load_or_exit(config_path)
+    from pypi_mirror.cache.pins import remove_pins
+    from pypi_mirror.db import Database
+
+    db = Database.open(config.repo_path)
+    try:
+        removed, missing = remove_pins(db, checked)
+    finally:
+        db.close()
+    for spec in removed:
+        click.echo(f"unpinned {spec}")
+    for spec in missing:
+        in_config = spec in config.cache.pin
+        where = " (it is in the config's cache.pin: edit the config)" if in_config else ""
+        click.echo(f"not pinned from the command line: {spec}{where}", err=True)
+    sys.exit(EXIT_FAILED if missing else 0)
+
+
+@cache.command("pins")
+@config_option
+@_verbose_option
+def list_pins(config_path: Path | None, verbose: bool) -> None:
+    """List the pins, from the config (cache.pin) and from `cache pin`, in the order they take
+    tier 0's space."""
+    setup_logging(verbose)
+    config = load_or_exit(config_path)
+    from pypi_mirror.cache.pins import all_pins
+    from pypi_mirror.db import Database
+
+    db = Database.open(config.repo_path)
+    try:
+        pins = all_pins(config, db)
+    finally:
+        db.close()
+    if not pins:
+        click.echo("no pins")
+    for item in pins:
+        scope = "all matching versions" if item.all_versions else "newest matching version"
+        click.echo(f"{item.spec}\t{item.source}\t{scope}")

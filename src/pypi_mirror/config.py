@@ -185,6 +185,17 @@ class CacheConfig(_Strict):
     # How the plan ranks files (cache/plan.py SCORERS): "votes" is SPEC.md's score,
     # "per-byte" ranks by votes per byte held (more request hits, fewer byte hits).
     policy: Literal["votes", "per-byte"] = "votes"
+    # Requirement specifiers whose files stay in tier 0 whatever their votes (cache/pins.py).
+    pin: list[str] = Field(default_factory=list)
+
+    @field_validator("pin")
+    @classmethod
+    def _pins(cls, value: list[str]) -> list[str]:
+        from pypi_mirror.cache.pins import parse_pin  # imports this module
+
+        for spec in value:
+            parse_pin(spec)
+        return value
 
 
 class SyncConfig(_Strict):

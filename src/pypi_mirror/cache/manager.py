@@ -7,7 +7,8 @@ A inventory   (cache/inventory.py) walk every tier; ``local_sizes`` is the cache
 B sizes       (cache/sizes.py) files with enough votes from distinct prefixes; sizes from the
               disk, from ``remote_sizes``, from the index we hold (cache/lookup.py), else HEAD
               upstream.
-C score       (cache/plan.py) SPEC's formula (or cache.policy's), ranked.
+C score       (cache/plan.py) SPEC's formula (or cache.policy's), ranked; pinned files
+              (cache/pins.py) go first, so tier 0 holds them whatever their votes.
 D assign      (cache/plan.py, cache/execute.py) first fit into the hottest tier with room;
               executed as deletions, moves (each once its target has room), downloads
               (verified, streamed to a temporary file).
@@ -35,6 +36,7 @@ from pypi_mirror.cache.download import StopSignal
 from pypi_mirror.cache.execute import execute_plan
 from pypi_mirror.cache.inventory import take_inventory
 from pypi_mirror.cache.lookup import IndexLookup
+from pypi_mirror.cache.pins import apply_pins
 from pypi_mirror.cache.plan import Entry, Plan, make_plan, rank
 from pypi_mirror.cache.report import CacheResult, TierState
 from pypi_mirror.cache.sizes import Candidates, find_candidates
@@ -188,6 +190,7 @@ async def _run(
         )
         enter("C")
         ranked = rank(candidates.entries, config.cache.policy)
+        ranked = apply_pins(config, db, repo, candidates, ranked, inventory.local, result)
         enter("D")
         others = candidates.others
         if result.votes_in_window == 0 and others:
