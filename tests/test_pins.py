@@ -148,3 +148,29 @@ def test_pins_lists_both_sources(tmp_path: Path, fake_pypi: FakePyPI) -> None:
         "torch>=2.3\tcli\tall matching versions",
         "requests==2.32.*\tcli\tnewest matching version",
     ]
+
+
+def test_prewarmed_files_that_are_pinned_survive_the_next_sync(
+    tmp_path: Path, fake_pypi: FakePyPI
+) -> None:
+    kept = fake_pypi.add_wheel("kept-lib", "1.0")
+    dropped = fake_pypi.add_wheel("dropped-lib", "1.0")
+    voted = fake_pypi.add_wheel("voted", "1.0")
+    mirror = make_mirror(tmp_path, fake_pypi, hot=1 << 30, cold=1 << 30)
+    sync(mirror)
+    lock = tmp_path / "requirements.txt"
+    lock.write_text(
+        "".join(f"{f.project}==1.0 --hash=sha256:{f.sha256}\n" for f in (kept, dropped))
+    )
+    run_ok(mirror, "cache", "prewarm", str(lock))
+    assert kept.metadata is not None
+    assert on_disk(mirror) == {
+        kept.path: 0,
+        kept.path + ".metadata": 0,
+        dropped.path: 0,
+        dropped.path + ".metadata": 0,
+    }
+    vote(mirror, voted.path, 3)  # votes in the window: unvoted files go
+    run_ok(mirror, "cache", "pin", "kept-lib")
+    sync(mirror)
+    assert on_disk(mirror) == {kept.path: 0, kept.path + ".metadata": 0, voted.path: 0}

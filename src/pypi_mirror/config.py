@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from pypi_mirror.filters import FiltersConfig
+from pypi_mirror.names import is_valid_project_name, normalize
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,22 @@ class SyncConfig(_Strict):
     max_deletions: int = Field(default=50_000, ge=0)
 
 
+class PolicyConfig(_Strict):
+    # Cooldown: files uploaded less than this long ago are neither listed nor served
+    # (server/cooldown.py). Unset: off.
+    min_age: Duration | None = None
+    # Projects the cooldown does not apply to (names, normalised on load).
+    min_age_exempt: list[str] = Field(default_factory=list)
+
+    @field_validator("min_age_exempt")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not is_valid_project_name(name):
+                raise ValueError(f'invalid project name "{name}"')
+        return [normalize(name) for name in value]
+
+
 class LogConfig(_Strict):
     path: str = ""
     format: Literal["mirror-json", "combined"] = "mirror-json"
@@ -242,6 +259,7 @@ class Config(_Strict):
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     # Projects denied outright, files kept out of the cache (filters.py).
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

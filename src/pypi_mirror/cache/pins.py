@@ -31,10 +31,11 @@ from pypi_mirror.index.quarantine import load as load_quarantined
 from pypi_mirror.index.quarantine import refused_paths
 from pypi_mirror.index.render import IndexFile
 from pypi_mirror.index.store import load_index_files
-from pypi_mirror.names import normalize
+from pypi_mirror.names import METADATA_SUFFIX, normalize
 from pypi_mirror.repo import Repo
 
 SETTING_KEY = "cache.pins"
+UNKNOWN = -1  # the size of a .metadata file, which the index does not give
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,9 @@ def pinned_files(repo: Repo, pins: Sequence[Pin]) -> tuple[list[PinnedFile], lis
             if file.path not in seen:
                 seen.add(file.path)
                 found.append(PinnedFile(file.path, file.size, pin.spec))
+                if file.has_metadata:
+                    # Its size is not in the index: kept when held (or voted), not fetched.
+                    found.append(PinnedFile(file.path + METADATA_SUFFIX, UNKNOWN, pin.spec))
     return found, notes
 
 
@@ -187,7 +191,10 @@ def apply_pins(
         if file.path in refused or filters.keeps_out_of_cache(file.path):
             continue  # quarantined, denied or excluded files are not cached, pinned or not
         held = local.get(file.path)
-        size = held[0] if held is not None else file.size
+        voted = by_path.get(file.path)
+        size = held[0] if held is not None else voted.size if voted else file.size
+        if size == UNKNOWN:
+            continue
         if size > room:
             excess_files += 1
             excess_bytes += size

@@ -9,6 +9,7 @@ from typing import Any
 from pypi_mirror.filters import filters_of
 from pypi_mirror.names import METADATA_SUFFIX, is_valid_file_path
 from pypi_mirror.server.clientip import fallback_mode
+from pypi_mirror.server.cooldown import cooldown_of
 from pypi_mirror.server.http import Request, Response, method_not_allowed, text
 from pypi_mirror.server.localfile import answer_file, small_files
 from pypi_mirror.server.metadata import serve_remote_metadata
@@ -45,6 +46,7 @@ class Files:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.filters = filters_of(state.config.filters)
+        self.cooldown = cooldown_of(state)
         # Paths found in no tier, until when: the popular misses of a partial mirror repeat
         # many times a second, and each lookup is a failed open per tier. A file that sync
         # places becomes visible within MISS_MEMORY. Bounded in entries (valid paths only).
@@ -67,6 +69,8 @@ class Files:
         if refused is not None:
             # PEP 792 (and filters.deny_projects): none of its files is offered, cached or not.
             return text(404, refused)
+        if self.cooldown.refuses(path):  # policy.min_age: local, 302 and proxy alike
+            return text(404, "the file is too new for this mirror's policy")
         state = self.state
         now = time.monotonic()
         if self._missing.get(path, 0.0) < now:

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 from pypi_mirror.filters import filters_of
 from pypi_mirror.names import is_valid_project_name, normalize
 from pypi_mirror.server.canonical import canonical_simple
+from pypi_mirror.server.cooldown import cooldown_of
 from pypi_mirror.server.http import (
     Request,
     Response,
@@ -108,6 +109,7 @@ class SimpleIndex:
         self.state = state
         self.ondemand = ondemand
         self.filters = filters_of(state.config.filters)
+        self.cooldown = cooldown_of(state)
         self.prefix = state.config.prefix
         self.serials = SerialCache()
         self._refreshing: set[asyncio.Future[bool]] = set()
@@ -218,7 +220,7 @@ class SimpleIndex:
             elif local is None:
                 return text(404, "no such project")
         request.outcome = "local"
-        return self._answer_with(request, local, content_type, is_json)
+        return self._answer_with(request, local, content_type, is_json, name)
 
     async def _fetch_then_answer(self, request: Request, name: str, content_type: str) -> Response:
         try:
@@ -249,10 +251,10 @@ class SimpleIndex:
         local = small_files.open(target)
         if local is None:  # removed by a sync between the fetch and now
             return text(404, "no such project")
-        return self._answer_with(request, local, content_type, is_json)
+        return self._answer_with(request, local, content_type, is_json, name)
 
     def _answer_with(
-        self, request: Request, local: LocalFile, content_type: str, is_json: bool
+        self, request: Request, local: LocalFile, content_type: str, is_json: bool, name: str
     ) -> Response:
         extra = self._extra.get((local.st.st_ino, local.st.st_mtime_ns))
         if extra is None:
@@ -263,4 +265,8 @@ class SimpleIndex:
                 else [("Vary", "Accept"), *self.page_headers]
             )
             _remember(self._extra, (local.st.st_ino, local.st.st_mtime_ns), extra)
+        if self.cooldown.applies_to(name):
+            filtered = self.cooldown.filtered(local, is_json, name)
+            if filtered is not None:  # policy.min_age held files back: no validators, ranges
+                return Response(200, [("Content-Type", content_type), *extra], filtered)
         return answer_file(request, local, content_type, extra)
