@@ -1,9 +1,10 @@
 """bandersnatch mirrors a few allowlisted projects from this mirror, with the mirror's base URL
 as its master (XML-RPC serials, the JSON API, files at /packages/…); its files' sha256 match.
 
-bandersnatch wants file URLs whose path starts with /packages, so the mirror runs with an
-empty prefix here. bandersnatch is installed into its own venv under the test's tmp dir; the
-test is skipped when it cannot be installed."""
+bandersnatch accepts only file URLs whose path starts with /packages: the JSON API gives them
+at the host's root, as PyPI does, and the mirror serves them there as well as under its
+prefix (the default /pypi here). bandersnatch is installed into its own venv under the test's
+tmp dir; the test is skipped when it cannot be installed."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def upstream(fake_pypi: FakePyPI) -> FakePyPI:
 def test_bandersnatch_mirrors_from_this_mirror(tmp_path: Path, upstream: FakePyPI) -> None:
     bandersnatch = install_bandersnatch(tmp_path)
     (tmp_path / "a").mkdir()
-    with Mirror(tmp_path / "a", upstream.url, upstream.files_url, prefix="") as mirror:
+    with Mirror(tmp_path / "a", upstream.url, upstream.files_url) as mirror:
         done = subprocess.run(
             [sys.executable, "-m", "pypi_mirror", "sync", "-c", str(mirror.config_path)],
             capture_output=True, text=True, timeout=120, cwd=mirror.tmp,

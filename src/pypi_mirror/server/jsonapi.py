@@ -62,7 +62,8 @@ def _rewrite_files(files: Any, packages: str) -> None:
 
 def rewrite(doc: Any, packages: str) -> Any:
     """``doc`` with the URL of every file it lists (``urls`` and ``releases``) on
-    ``packages`` (``{base}{prefix}/packages/``); URLs not PyPI-shaped are left alone."""
+    ``packages`` (``{base}/packages/``: at the host's root, as on PyPI's file host); URLs
+    not PyPI-shaped are left alone."""
     if not isinstance(doc, dict):
         raise JsonDocError("not a JSON object")
     _rewrite_files(doc.get("urls"), packages)
@@ -164,7 +165,7 @@ class JsonApi:
         base = self.base_url(request)
         if base is None:
             return text(400, "bad Host header")
-        return self._answer(request, canonical, version, f"{base}{self.prefix}/packages/")
+        return self._answer(request, canonical, version, f"{base}/packages/")
 
     async def _answer(
         self, request: Request, name: str, version: str | None, packages: str

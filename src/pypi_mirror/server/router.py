@@ -19,6 +19,7 @@ from pypi_mirror.server.tally import RequestTally
 from pypi_mirror.server.xmlrpc import XmlRpc
 
 MAX_PATH = 1024
+ROOT_PACKAGES = "/packages/"
 
 
 class Router:
@@ -49,10 +50,13 @@ class Router:
         raw = request.path
         if len(raw) > MAX_PATH or "%00" in raw:
             return text(400, "bad request path")
-        if raw.startswith(self.packages):
+        if raw.startswith(self.packages) or raw.startswith(ROOT_PACKAGES):
             # PyPI file paths hold no escapes; decoding first means an encoded slash or dot
-            # is judged by the same strict shape check as a plain one.
-            rest = raw[len(self.packages) :]
+            # is judged by the same strict shape check as a plain one. Files are also served
+            # at the host's root /packages/, where PyPI's JSON API puts them (bandersnatch
+            # accepts no other file URL path).
+            skip = len(self.packages) if raw.startswith(self.packages) else len(ROOT_PACKAGES)
+            rest = raw[skip:]
             return self.files.answer(request, unquote(rest) if "%" in rest else rest)
         handler = self.exact.get(raw)
         if handler is not None:
