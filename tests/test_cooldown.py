@@ -108,3 +108,12 @@ def test_config_errors(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             config_from_dict({"repo_path": str(tmp_path), "policy": policy})
+
+
+def test_pip_installs_the_newest_file_old_enough(tmp_path: Path, upstream: FakePyPI) -> None:
+    from tests.test_clients import installed_versions, pip_install
+
+    target = tmp_path / "site"
+    with Mirror(tmp_path, upstream.url, upstream.files_url, **POLICY) as mirror:
+        pip_install(mirror, target, "demo", "trusted-pkg")
+    assert installed_versions(target) == {"demo-1.0", "trusted_pkg-3.0"}

@@ -147,3 +147,37 @@ def test_cache_exclude_keeps_windows_wheels_out_but_listed(
         assert WIN in http(m.simple + "native/").body.decode()
         assert http(m.base + "/packages/" + win.path).status == 302
         assert http(m.base + "/packages/" + linux.path).status == 200
+
+
+def test_pip_cannot_install_a_denied_project(tmp_path: Path, upstream: FakePyPI) -> None:
+    import subprocess
+
+    from tests.test_clients import installed_versions, pip_install
+
+    target = tmp_path / "site"
+    with Mirror(tmp_path, upstream.url, upstream.files_url, **DENY) as mirror:
+        with pytest.raises(subprocess.CalledProcessError):
+            pip_install(mirror, target, "evil-pkg")
+        pip_install(mirror, target, "plain")
+    assert installed_versions(target) == {"plain-2.0"}
+
+
+def test_prewarm_skips_files_the_filters_keep_out(tmp_path: Path, upstream: FakePyPI) -> None:
+    import subprocess
+    import sys
+
+    win = upstream.file("native", WIN)
+    linux = upstream.file("native", LINUX)
+    config = {"filters": {"cache_exclude": {"platforms": ["win_*"]}}}
+    mirror = Mirror(tmp_path, upstream.url, upstream.files_url, **config)
+    lock = tmp_path / "requirements.txt"
+    lock.write_text(f"native==1.0 --hash=sha256:{win.sha256} --hash=sha256:{linux.sha256}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pypi_mirror", "cache", "prewarm", str(lock),
+         "-c", str(mirror.config_path)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 skipped" in done.stdout and "1 downloaded" in done.stdout, done.stdout
+    assert (mirror.repo / "packages" / linux.path).is_file()
+    assert not (mirror.repo / "packages" / win.path).exists()

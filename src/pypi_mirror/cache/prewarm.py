@@ -22,6 +22,7 @@ from pypi_mirror.cache.lockfiles import Wanted
 from pypi_mirror.cache.lookup import IndexLookup
 from pypi_mirror.config import Config
 from pypi_mirror.db import Database, LocalFile
+from pypi_mirror.filters import filters_of
 from pypi_mirror.index.render import IndexFile, RenderError, index_files, parse_pypi_json
 from pypi_mirror.index.store import load_index_files
 from pypi_mirror.names import file_path_from_url, filename_of, metadata_path
@@ -185,6 +186,10 @@ class _Placer:
         if tier is not None:
             self.result.cached.append(target.path)
             self._record_existing(target.path, tier)
+        elif filters_of(self.config.filters).keeps_out_of_cache(target.path):
+            # The next sync would delete it (a denied project, or filters.cache_exclude).
+            self.result.skipped.append(f"{target.origin}: {filename_of(target.path)}: filters")
+            return
         else:
             size = (
                 target.size if target.size is not None else await self._head_size(session, target)
