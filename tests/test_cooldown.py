@@ -43,6 +43,9 @@ def check_pages(mirror: Mirror) -> None:
     assert "demo-1.0-py3-none-any.whl" in html and "demo-2.0" not in html
     trusted = http(mirror.simple + "trusted-pkg/", headers={"Accept": V1_JSON}).json()
     assert filenames(trusted) == {"trusted_pkg-3.0-py3-none-any.whl"}
+    api = http(mirror.base + "/pypi/demo/json").json()  # the JSON API: the hour's cutoff
+    assert set(api["releases"]) == {"1.0"} and api["urls"] == []
+    assert http(mirror.base + "/pypi/trusted-pkg/json").json()["urls"]
 
 
 def test_synced_pages_and_local_and_302_paths(tmp_path: Path, upstream: FakePyPI) -> None:

@@ -14,6 +14,7 @@ import os
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from packaging.utils import (
@@ -176,6 +177,15 @@ class Cooldown:
             kept.append(line)
         return (b"\n".join(kept) if dropped else None), until
 
+    def cutoff(self, name: str) -> float | None:
+        """For the JSON API: files uploaded after this are left out (None: the policy does not
+        apply). Moved on the hour, so a rewritten document serves a whole hour; a file may
+        appear there up to an hour after it may be downloaded, never before."""
+        if not self.applies_to(name):
+            return None
+        assert self.min_age is not None
+        return time.time() // 3600 * 3600 - self.min_age
+
     def filtered(self, local: LocalFile, is_json: bool, name: str) -> bytes | None:
         """``page`` on a page about to be sent; its descriptor is closed when a body is made."""
         body = local.body
@@ -185,6 +195,29 @@ class Cooldown:
         if filtered is not None:
             local.close()
         return filtered
+
+
+def drop_new_files(doc: dict[str, Any], cutoff: float) -> None:
+    """A PyPI JSON API document without the files uploaded after ``cutoff`` (no upload time:
+    new); a release none of whose files is left goes too."""
+
+    def old(entry: object) -> bool:
+        if not isinstance(entry, dict):
+            return False
+        uploaded = _epoch(entry.get("upload_time_iso_8601") or entry.get("upload_time"))
+        return uploaded is not None and uploaded <= cutoff
+
+    if isinstance(doc.get("urls"), list):
+        doc["urls"] = [entry for entry in doc["urls"] if old(entry)]
+    releases = doc.get("releases")
+    if isinstance(releases, dict):
+        for version, files in list(releases.items()):
+            if isinstance(files, list) and files:
+                kept = [entry for entry in files if old(entry)]
+                if kept:
+                    releases[version] = kept
+                else:
+                    del releases[version]
 
 
 def cooldown_of(state: ServerState) -> Cooldown:

@@ -23,6 +23,7 @@ import orjson
 from pypi_mirror.filters import filters_of
 from pypi_mirror.names import file_path_from_url, is_valid_project_name, is_valid_version, normalize
 from pypi_mirror.server.baseurl import BaseUrl
+from pypi_mirror.server.cooldown import cooldown_of, drop_new_files
 from pypi_mirror.server.http import (
     Request,
     Response,
@@ -91,7 +92,9 @@ def release_document(doc: dict[str, Any], version: str) -> dict[str, Any] | None
     }
 
 
-def _render(body: bytes, packages: str, version: str | None) -> tuple[bytes, str, str] | None:
+def _render(
+    body: bytes, packages: str, version: str | None, cutoff: float | None = None
+) -> tuple[bytes, str, str] | None:
     """(rewritten document, its serial, its ETag) from a project (or release) document's bytes; None
     when the project document does not hold ``version`` exactly. Runs in a thread."""
     try:
@@ -100,6 +103,8 @@ def _render(body: bytes, packages: str, version: str | None) -> tuple[bytes, str
         raise JsonDocError(str(error)) from None
     if not isinstance(doc, dict):
         raise JsonDocError("not a JSON object")
+    if cutoff is not None:  # policy.min_age
+        drop_new_files(doc, cutoff)
     if version is not None:
         doc = release_document(doc, version)
         if doc is None:
@@ -116,6 +121,7 @@ class JsonApi:
         self.state = state
         self.ondemand = ondemand
         self.filters = filters_of(state.config.filters)
+        self.cooldown = cooldown_of(state)
         self.prefix = state.config.prefix
         self.base_url = BaseUrl(state.config)
         # Rewriting a large document costs milliseconds: off the event loop.
@@ -192,7 +198,8 @@ class JsonApi:
             request.outcome = "local"
             self._refresh_if_stale(name)
         st = local.st
-        key = (st.st_ino, st.st_mtime_ns, st.st_size, packages, version)
+        cutoff = self.cooldown.cutoff(name)
+        key = (st.st_ino, st.st_mtime_ns, st.st_size, packages, version, cutoff)
         known = self._rewritten.get(key)
         if known is None:
             try:
@@ -202,7 +209,7 @@ class JsonApi:
             loop = asyncio.get_running_loop()
             try:
                 rendered = await loop.run_in_executor(
-                    self.executor, _render, body, packages, version
+                    self.executor, _render, body, packages, version, cutoff
                 )
             except JsonDocError as error:
                 log.warning("held JSON of %s is unusable: %s", name, error)
@@ -241,7 +248,7 @@ class JsonApi:
     async def _from_upstream(
         self, request: Request, name: str, version: str, packages: str
     ) -> Response:
-        key = (name, version, packages)
+        key = (name, version, packages)  # FETCHED_TTL is well under cutoff's hour
         known = self._fetched.get(key)
         if known is not None and time.monotonic() - known[0] < FETCHED_TTL:
             return self._respond(request, known[1])
@@ -270,7 +277,9 @@ class JsonApi:
             return text(502, "upstream unreachable")
         loop = asyncio.get_running_loop()
         try:
-            rendered = await loop.run_in_executor(self.executor, _render, body, packages, None)
+            rendered = await loop.run_in_executor(
+                self.executor, _render, body, packages, None, self.cooldown.cutoff(name)
+            )
         except JsonDocError:
             return text(502, "upstream document unusable")
         assert rendered is not None
