@@ -181,3 +181,15 @@ def test_prewarm_skips_files_the_filters_keep_out(tmp_path: Path, upstream: Fake
     assert "1 skipped" in done.stdout and "1 downloaded" in done.stdout, done.stdout
     assert (mirror.repo / "packages" / linux.path).is_file()
     assert not (mirror.repo / "packages" / win.path).exists()
+
+
+def test_sync_removes_filtered_files_even_without_votes(tmp_path: Path, upstream: FakePyPI) -> None:
+    repo = tmp_path / "repo"
+    exclude = {"filters": {"cache_exclude": {"platforms": ["win_*"]}}}
+    win = upstream.file("native", WIN)
+    linux = upstream.file("native", LINUX)
+    excluded = place(repo, win.path, win.content)
+    kept = place(repo, linux.path, linux.content)
+    assert sync(make_config(repo, upstream, **exclude))[0] == 0  # an empty vote table
+    assert not excluded.exists()
+    assert kept.is_file()  # no votes: the rest of the cache is left as it is

@@ -185,9 +185,8 @@ async def _run(
         if stop.is_set():
             result.stopped = True
             return
-        _drop_quarantined(
-            candidates, refused_paths(load_quarantined(repo.root)), filters_of(config.filters)
-        )
+        refused, filters = refused_paths(load_quarantined(repo.root)), filters_of(config.filters)
+        _drop_quarantined(candidates, refused, filters)
         enter("C")
         ranked = rank(candidates.entries, config.cache.policy)
         ranked = apply_pins(config, db, repo, candidates, ranked, inventory.local, result)
@@ -197,7 +196,8 @@ async def _run(
             # An empty vote table (a new database beside an existing cache) must not wipe
             # the cache: with no votes at all, nothing is planned.
             result.notes.append("no votes in the window: the cache is left as it is")
-            others = []
+            # Except the files no vote could keep (quarantined, denied, cache_exclude).
+            others = [e for e in others if e.path in refused or filters.keeps_out_of_cache(e.path)]
         plan = make_plan(ranked, others, [t.limit for t in result.tiers], presorted=True)
         result.plan = plan
         final: dict[str, int] | dict[str, tuple[int, int]]
