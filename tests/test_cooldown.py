@@ -120,3 +120,26 @@ def test_pip_installs_the_newest_file_old_enough(tmp_path: Path, upstream: FakeP
     with Mirror(tmp_path, upstream.url, upstream.files_url, **POLICY) as mirror:
         pip_install(mirror, target, "demo", "trusted-pkg")
     assert installed_versions(target) == {"demo-1.0", "trusted_pkg-3.0"}
+
+
+def test_uv_exclude_newer_agrees_with_the_server(tmp_path: Path, upstream: FakePyPI) -> None:
+    """What uv resolves through the mirror's cooldown is what `uv --exclude-newer` resolves
+    from the upstream itself, with the same cutoff."""
+    import subprocess
+    import sys
+
+    from tests.mirror import client_env
+    from tests.test_clients import UV, installed_versions, uv_install
+
+    through_mirror = tmp_path / "mirror-site"
+    with Mirror(tmp_path, upstream.url, upstream.files_url, **POLICY) as mirror:
+        uv_install(mirror, through_mirror, "demo")
+    cutoff = (datetime.now(UTC) - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    direct = tmp_path / "direct-site"
+    subprocess.run(
+        [UV, "pip", "install", "--no-cache", "--index-url", f"{upstream.url}/simple/",
+         "--exclude-newer", cutoff, "--target", str(direct), "--python", sys.executable,
+         "demo"],
+        check=True, env=client_env(), timeout=180,
+    )  # fmt: skip
+    assert installed_versions(through_mirror) == installed_versions(direct) == {"demo-1.0"}
