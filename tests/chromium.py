@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -149,19 +152,32 @@ def open_page(url: str, expressions: dict[str, str], timeout: float = 30.0) -> P
     """Load ``url`` in a new headless Chromium (fresh profile) and evaluate ``expressions``
     (JavaScript, values returned by value) once it has loaded."""
     binary = chromium_or_skip()
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+    # Chromium's helper processes (renderer, zygote, crash handler) may outlive the browser
+    # for a moment and still write to the profile: they share the browser's process group,
+    # which is stopped as a whole, and a file they leave behind cannot fail the test.
+    with tempfile.TemporaryDirectory(
+        prefix="chromium-profile-", ignore_cleanup_errors=True
+    ) as profile:
         process = subprocess.Popen(
             [binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             port = _devtools_port(Path(profile), process, timeout)
             return asyncio.run(asyncio.wait_for(_drive(port, url, expressions), timeout))
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(10)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    time.sleep(0.2)  # the group's other members leave with the browser
