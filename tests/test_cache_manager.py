@@ -28,12 +28,12 @@ import yaml
 
 from pypi_mirror.cache import download as downloader
 from pypi_mirror.cache.download import Digest, Outcome
-from pypi_mirror.cache.lookup import project_names
 from pypi_mirror.cache.manager import run_cache_management
 from pypi_mirror.cache.report import CacheResult, format_plan
 from pypi_mirror.config import Config, config_from_dict
 from pypi_mirror.db import Database, LocalFile, Vote
 from pypi_mirror.index.store import save_project
+from pypi_mirror.names import project_names
 from pypi_mirror.repo import Repo, temp_path_for
 from tests.fakepypi import FakeFile, FakePyPI
 

@@ -11,7 +11,8 @@ import pytest
 
 from pypi_mirror.config import ConfigError, config_from_dict
 from pypi_mirror.db import Database
-from pypi_mirror.filters import Filters, FiltersConfig, project_of
+from pypi_mirror.filters import Filters, FiltersConfig
+from pypi_mirror.names import project_of
 from tests.fakepypi import FakePyPI
 from tests.mirror import Mirror, http
 from tests.test_index_sync import make_config, sync

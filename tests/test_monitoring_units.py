@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pypi_mirror.config import config_from_dict
 from pypi_mirror.db import Database
+from pypi_mirror.names import dist_filename_of, project_of
 from pypi_mirror.server import metrics
 from pypi_mirror.server.http import Request
 from pypi_mirror.server.status_page import render_html
@@ -36,7 +37,6 @@ from pypi_mirror.traffic import (
     hour_of,
     hourly,
     outcome_label,
-    project_of,
 )
 
 WHEEL = "ab/cd/" + "0" * 60 + "/Demo_Pkg-1.0-py3-none-any.whl"
@@ -99,11 +99,11 @@ def test_hourly_sums_and_hit_rates() -> None:
         (WHEEL + ".metadata", "demo-pkg"),
         ("ab/cd/" + "0" * 60 + "/zope.interface-6.0.tar.gz", "zope-interface"),
         ("ab/cd/" + "0" * 60 + "/Some_Thing-2.0.zip", "some-thing"),
-        ("ab/cd/" + "0" * 60 + "/odd.exe", "odd.exe"),
+        ("ab/cd/" + "0" * 60 + "/odd.exe", "odd"),
     ],
 )
 def test_project_of(path: str, project: str) -> None:
-    assert project_of(path) == project
+    assert project_of(dist_filename_of(path)) == project
 
 
 # -- the tally: what a request costs -------------------------------------------------------

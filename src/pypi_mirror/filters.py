@@ -14,14 +14,12 @@ from functools import lru_cache
 from typing import Literal
 
 from packaging.utils import (
-    InvalidSdistFilename,
     InvalidWheelFilename,
-    parse_sdist_filename,
     parse_wheel_filename,
 )
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pypi_mirror.names import METADATA_SUFFIX, normalize
+from pypi_mirror.names import dist_filename_of, project_of
 
 # A name pattern: project-name characters and fnmatch's wildcards.
 _PATTERN_RE = re.compile(r"[A-Za-z0-9._\-*?\[\]!]+")
@@ -66,25 +64,6 @@ class FiltersConfig(BaseModel):
         return [_normalize_pattern(item) for item in value]
 
 
-def filename_of(path: str) -> str:
-    """The file name of a ``/packages/`` path, without a PEP 658 ``.metadata`` suffix."""
-    name = path.rpartition("/")[2]
-    return name.removesuffix(METADATA_SUFFIX)
-
-
-def project_of(filename: str) -> str | None:
-    """The normalised project a distribution file belongs to (None: not recognised)."""
-    try:
-        if filename.endswith(".whl"):
-            return str(parse_wheel_filename(filename)[0])
-        return str(parse_sdist_filename(filename)[0])
-    except (InvalidWheelFilename, InvalidSdistFilename):
-        pass
-    # Older kinds (.egg, .exe, .tar.bz2 …): the name ends before the first "-<digit>".
-    match = re.match(r"(.+?)-\d", filename)
-    return normalize(match.group(1)) if match else None
-
-
 class Filters:
     """The compiled ``filters:`` section. Answers are memoised: the same names recur."""
 
@@ -105,7 +84,7 @@ class Filters:
     def _path_denied(self, path: str) -> bool:
         if not self.deny:
             return False
-        project = project_of(filename_of(path))
+        project = project_of(dist_filename_of(path))
         return project is not None and self.denies(project)
 
     def cache_excluded(self, path: str) -> bool:
@@ -113,7 +92,7 @@ class Filters:
         exclude = self.exclude
         if not (exclude.platforms or exclude.pythons or exclude.types):
             return False
-        filename = filename_of(path)
+        filename = dist_filename_of(path)
         if not filename.endswith(".whl"):
             return "sdist" in exclude.types
         if "wheel" in exclude.types:

@@ -10,7 +10,14 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote, urlsplit
 
-from packaging.utils import canonicalize_name
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion
 
 # PyPI's own layout: two hex, two hex, sixty hex (blake2b-256 split 2/2/60), then the filename.
 _FILENAME = r"[A-Za-z0-9][A-Za-z0-9._+!-]{0,254}"
@@ -87,3 +94,40 @@ def is_valid_version(text: str) -> bool:
     whitespace, or a separator at either end (never a dot-segment, never an escape).
     """
     return _VERSION_RE.fullmatch(text) is not None and ".." not in text
+
+
+_EXTENSIONS = re.compile(r"\.(tar\.gz|tar\.bz2|tar\.xz|tar\.z|tgz|zip|egg|exe|msi|rpm|dmg|whl)$")
+
+
+def project_names(filename: str) -> list[str]:
+    """The projects a file may belong to, most likely first (normalised names)."""
+    base = filename.removesuffix(METADATA_SUFFIX)
+    names: list[str] = []
+    try:
+        if base.endswith(".whl"):
+            names.append(parse_wheel_filename(base)[0])
+        else:
+            names.append(parse_sdist_filename(base)[0])
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        pass
+    # Odd names (eggs, installers, old sdists): the name is the parts before the first
+    # part that starts with a digit; then every shorter prefix, just in case.
+    parts = _EXTENSIONS.sub("", base, count=1).split("-")
+    cut = next((i for i, part in enumerate(parts) if i and part[:1].isdigit()), len(parts))
+    guesses = ["-".join(parts[:cut])] + ["-".join(parts[:i]) for i in range(1, len(parts))]
+    for guess in guesses:
+        name = normalize(guess) if guess else ""
+        if name and is_normalized(name) and name not in names:
+            names.append(name)
+    return names
+
+
+def project_of(filename: str) -> str | None:
+    """The project a distribution file (or its ``.metadata``) most likely belongs to."""
+    names = project_names(filename)
+    return names[0] if names else None
+
+
+def dist_filename_of(path: str) -> str:
+    """The distribution's file name of a file path (a ``.metadata`` path: its wheel's)."""
+    return filename_of(path).removesuffix(METADATA_SUFFIX)

@@ -19,9 +19,10 @@ from pypi_mirror.cache.report import format_size
 from pypi_mirror.config import Config
 from pypi_mirror.db import Database
 from pypi_mirror.index.root import GLOBAL_SERIAL_KEY
+from pypi_mirror.names import dist_filename_of, project_of
 from pypi_mirror.progress import format_duration
 from pypi_mirror.repo import tiers_of
-from pypi_mirror.traffic import HOUR, HourTraffic, hour_of, hourly, project_of, total
+from pypi_mirror.traffic import HOUR, HourTraffic, hour_of, hourly, total
 
 if TYPE_CHECKING:
     from pypi_mirror.cache.report import CacheResult
@@ -141,7 +142,7 @@ def most_voted_projects(
     are spread over very many files may rank a little low)."""
     votes: dict[str, int] = {}
     for path, count in db.most_voted_files(since, limit * 25):
-        name = project_of(path)
+        name = project_of(dist_filename_of(path)) or dist_filename_of(path)
         votes[name] = votes.get(name, 0) + int(count)
     return sorted(votes.items(), key=lambda item: (-item[1], item[0]))[:limit]
 

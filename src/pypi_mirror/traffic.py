@@ -11,15 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from packaging.utils import (
-    InvalidSdistFilename,
-    InvalidWheelFilename,
-    parse_sdist_filename,
-    parse_wheel_filename,
-)
-
-from pypi_mirror.names import METADATA_SUFFIX, filename_of, normalize
-
 HOUR = 3600
 
 
@@ -122,18 +113,3 @@ def total(hours: Iterable[HourTraffic]) -> HourTraffic:
         result.miss_bytes += entry.miss_bytes
         result.proxy_bytes += entry.proxy_bytes
     return result or HourTraffic(0)
-
-
-def project_of(path: str) -> str:
-    """The normalised project name of a file path, from its filename (wheel or sdist);
-    the filename itself when it has neither shape."""
-    filename = filename_of(path).removesuffix(METADATA_SUFFIX)
-    try:
-        if filename.endswith(".whl"):
-            return str(parse_wheel_filename(filename)[0])
-        return str(parse_sdist_filename(filename)[0])
-    except (InvalidWheelFilename, InvalidSdistFilename):
-        pass
-    if "-" not in filename:
-        return filename
-    return normalize(filename.split("-", 1)[0])

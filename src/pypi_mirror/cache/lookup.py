@@ -4,52 +4,18 @@ belongs to, its index entry, and the hash its bytes must have."""
 from __future__ import annotations
 
 import logging
-import re
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
-
-from packaging.utils import (
-    InvalidSdistFilename,
-    InvalidWheelFilename,
-    parse_sdist_filename,
-    parse_wheel_filename,
-)
-from packaging.version import InvalidVersion
 
 from pypi_mirror.cache.download import Digest
 from pypi_mirror.index.render import IndexFile, RenderError
 from pypi_mirror.index.store import load_index_files
-from pypi_mirror.names import METADATA_SUFFIX, filename_of, is_normalized, normalize
+from pypi_mirror.names import METADATA_SUFFIX, filename_of, project_names
 from pypi_mirror.repo import Repo
 
 log = logging.getLogger(__name__)
 
 INDEX_PROJECTS_KEPT = 64
-
-_EXTENSIONS = re.compile(r"\.(tar\.gz|tar\.bz2|tar\.xz|tar\.z|tgz|zip|egg|exe|msi|rpm|dmg|whl)$")
-
-
-def project_names(filename: str) -> list[str]:
-    """The projects a file may belong to, most likely first (normalised names)."""
-    base = filename.removesuffix(METADATA_SUFFIX)
-    names: list[str] = []
-    try:
-        if base.endswith(".whl"):
-            names.append(parse_wheel_filename(base)[0])
-        else:
-            names.append(parse_sdist_filename(base)[0])
-    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
-        pass
-    # Odd names (eggs, installers, old sdists): the name is the parts before the first
-    # part that starts with a digit; then every shorter prefix, just in case.
-    parts = _EXTENSIONS.sub("", base, count=1).split("-")
-    cut = next((i for i, part in enumerate(parts) if i and part[:1].isdigit()), len(parts))
-    guesses = ["-".join(parts[:cut])] + ["-".join(parts[:i]) for i in range(1, len(parts))]
-    for guess in guesses:
-        name = normalize(guess) if guess else ""
-        if name and is_normalized(name) and name not in names:
-            names.append(name)
-    return names
 
 
 class IndexLookup:

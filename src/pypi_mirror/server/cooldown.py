@@ -25,8 +25,7 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from pypi_mirror.filters import filename_of, project_of
-from pypi_mirror.names import normalize
+from pypi_mirror.names import dist_filename_of, normalize, project_of
 from pypi_mirror.repo import Repo
 from pypi_mirror.server.localfile import LocalFile
 from pypi_mirror.server.state import ServerState
@@ -105,7 +104,7 @@ class Cooldown:
         """Whether the file at ``path`` (after ``/packages/``) is too new to be served."""
         if self.min_age is None:
             return False
-        filename = filename_of(path)
+        filename = dist_filename_of(path)
         name = project_of(filename)
         if name is None:
             return True  # no project, no upload time: new
