@@ -13,6 +13,8 @@ from pypi_mirror import __version__
 
 SERVER_NAME = f"pypi-mirror/{__version__}"
 
+CORS = ("Access-Control-Allow-Origin", "*")  # on index pages and JSON API answers, as PyPI
+
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 

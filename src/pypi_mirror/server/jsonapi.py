@@ -25,6 +25,7 @@ from pypi_mirror.names import file_path_from_url, is_valid_project_name, is_vali
 from pypi_mirror.server.baseurl import BaseUrl
 from pypi_mirror.server.cooldown import cooldown_of, drop_new_files
 from pypi_mirror.server.http import (
+    CORS,
     Request,
     Response,
     method_not_allowed,
@@ -38,7 +39,6 @@ from pypi_mirror.server.state import ServerState
 
 log = logging.getLogger(__name__)
 
-CORS = ("Access-Control-Allow-Origin", "*")
 REWRITTEN_BUDGET = 64 * 1024 * 1024  # bytes of rewritten documents kept per worker
 MAX_UPSTREAM_DOC = 64 * 1024 * 1024  # a larger per-release document from upstream is refused
 FETCHED_TTL = 600.0  # seconds a release document fetched from upstream is reused

@@ -424,14 +424,16 @@ class HttpProtocol(asyncio.Protocol):
                 body.offset += sent
                 body.count -= sent
                 self.busy = True
-                self.task = self.loop.create_task(self._finish_file(request, status, body, sent))
+                self.task = self.loop.create_task(
+                    self._finish(request, self._send_file(request, status, body, already=sent))
+                )
             return
         if response.stream is not None:
             transport.write(head)
             if not in_task:
                 self.busy = True
                 self.task = self.loop.create_task(
-                    self._finish_stream(request, status, response.stream)
+                    self._finish(request, self._send_stream(request, status, response.stream))
                 )
             return
         transport.write(head + response.body)
@@ -486,9 +488,11 @@ class HttpProtocol(asyncio.Protocol):
         except OSError:  # reset, or a file sendfile cannot read: the slow path decides
             return 0
 
-    async def _finish_file(self, request: Request, status: int, body: FileBody, sent: int) -> None:
+    async def _finish(self, request: Request, sending: Coroutine[Any, Any, object]) -> None:
+        """The rest of a body a synchronous answer started (file or stream), then the next
+        request; the sender logs the request, also when the client leaves."""
         try:
-            await self._send_file(request, status, body, already=sent)
+            await sending
         except (asyncio.CancelledError, ClientGone):
             self.abort()
             return
@@ -584,17 +588,6 @@ class HttpProtocol(asyncio.Protocol):
                 watchdog.cancel()
 
     # -- streamed bodies -------------------------------------------------------------------
-
-    async def _finish_stream(self, request: Request, status: int, body: StreamBody) -> None:
-        try:
-            await self._send_stream(request, status, body)
-        except (asyncio.CancelledError, ClientGone):
-            self.abort()
-            return
-        finally:
-            self.task = None
-        self.busy = False
-        self._after(request)
 
     async def _send_stream(self, request: Request, status: int, body: StreamBody) -> None:
         self.direct_sent = 0

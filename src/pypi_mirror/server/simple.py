@@ -21,6 +21,7 @@ from pypi_mirror.names import is_valid_project_name, normalize
 from pypi_mirror.server.canonical import canonical_simple
 from pypi_mirror.server.cooldown import cooldown_of
 from pypi_mirror.server.http import (
+    CORS,
     Request,
     Response,
     method_not_allowed,
@@ -36,7 +37,6 @@ from pypi_mirror.server.state import ServerState
 log = logging.getLogger(__name__)
 
 _HTML_SERIAL = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
-CORS = ("Access-Control-Allow-Origin", "*")
 _JSON_SERIAL = re.compile(rb'"_last-serial"\s*:\s*"?(\d+)')
 _MEMO_LIMIT = 10_000
 MEMO_KEY_LIMIT = 256  # longer client strings are worked out each time, never kept
