@@ -351,36 +351,29 @@ class HttpProtocol(asyncio.Protocol):
 
     async def _answer_later(self, request: Request, pending: Coroutine[Any, Any, Response]) -> None:
         try:
-            try:
-                response = await pending
-            except (asyncio.CancelledError, ClientGone):
-                self._log(request, 499, 0)  # the client left before any answer (nginx's 499)
-                self.abort()
-                return
-            except Exception:
-                log.exception("handling %s %s failed", request.method, request.target)
-                response = text(500, "internal error")
-            if self.transport is None:
-                response.release()
-                self._log(request, 499, 0)
-                return
-            self._write(request, response, in_task=True)
-            try:
-                if response.file is not None:
-                    await self._send_file(request, response.status, response.file)
-                elif response.stream is not None:
-                    await self._send_stream(request, response.status, response.stream)
-            except (asyncio.CancelledError, ClientGone):
-                self.abort()  # logged by the sender
-                return
-        except Exception:
-            log.exception("answering %s %s failed", request.method, request.target)
+            response = await pending
+        except (asyncio.CancelledError, ClientGone):
+            self.task = None
+            self._log(request, 499, 0)  # the client left before any answer (nginx's 499)
             self.abort()
             return
-        finally:
+        except Exception:
+            log.exception("handling %s %s failed", request.method, request.target)
+            response = text(500, "internal error")
+        if self.transport is None:
             self.task = None
-        self.busy = False
-        self._after(request)
+            response.release()
+            self._log(request, 499, 0)
+            return
+        await self._finish(request, self._write_all(request, response))
+
+    async def _write_all(self, request: Request, response: Response) -> None:
+        """A whole answer from a task: the head, then the body of any kind."""
+        self._write(request, response, in_task=True)
+        if response.file is not None:
+            await self._send_file(request, response.status, response.file)
+        elif response.stream is not None:
+            await self._send_stream(request, response.status, response.stream)
 
     def _write(self, request: Request, response: Response, *, in_task: bool = False) -> None:
         """Headers, and the body when it is in memory. A file or stream body is sent by
@@ -489,11 +482,16 @@ class HttpProtocol(asyncio.Protocol):
             return 0
 
     async def _finish(self, request: Request, sending: Coroutine[Any, Any, object]) -> None:
-        """The rest of a body a synchronous answer started (file or stream), then the next
-        request; the sender logs the request, also when the client leaves."""
+        """Await the sending of an answer (the rest of a body a synchronous answer started, or
+        a task's whole answer), then the next request. The sender logs the request, also when
+        the client leaves; a bug cuts this connection only."""
         try:
             await sending
         except (asyncio.CancelledError, ClientGone):
+            self.abort()  # logged by the sender
+            return
+        except Exception:
+            log.exception("answering %s %s failed", request.method, request.target)
             self.abort()
             return
         finally:
