@@ -36,7 +36,9 @@ def test_on_demand_projects_appear_in_the_root(tmp_path: Path, fake_pypi: FakePy
         doc = reply.json()
         assert {p["name"]: p["_last-serial"] for p in doc["projects"]} == held
         assert reply.headers["x-pypi-last-serial"] == str(max(held.values()))
-        html = http(mirror.simple).body.decode()
+        html_reply = http(mirror.simple)
+        assert html_reply.headers["x-pypi-last-serial"] == str(max(held.values()))  # both formats
+        html = html_reply.body.decode()
         for name in names[:4]:
             assert f'<a href="{name}/">{name}</a>' in html
     # Fetched on demand while serving with a long interval: the restart lists them at once.

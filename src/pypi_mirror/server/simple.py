@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -40,37 +39,6 @@ _HTML_SERIAL = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
 _JSON_SERIAL = re.compile(rb'"_last-serial"\s*:\s*"?(\d+)')
 _MEMO_LIMIT = 10_000
 MEMO_KEY_LIMIT = 256  # longer client strings are worked out each time, never kept
-
-
-class SerialCache:
-    """X-PyPI-Last-Serial of a page, read from the page itself once per page version."""
-
-    def __init__(self) -> None:
-        self._known: dict[tuple[str, int], str] = {}
-
-    def get(self, path: str, st: os.stat_result, is_json: bool) -> str | None:
-        key = (path, st.st_mtime_ns)
-        serial = self._known.get(key)
-        if serial is None:
-            serial = _read_serial(path, is_json, st.st_size)
-            if len(self._known) > 50_000:
-                self._known.clear()
-            self._known[key] = serial
-        return serial or None
-
-
-def _read_serial(path: Path | str, is_json: bool, size: int) -> str:
-    try:
-        with open(path, "rb") as handle:
-            if is_json:
-                head = handle.read(256)
-                match = _JSON_SERIAL.search(head)
-            else:
-                handle.seek(max(size - 64, 0))
-                match = _HTML_SERIAL.search(handle.read())
-    except OSError:
-        return ""
-    return match.group(1).decode() if match else ""
 
 
 def _read_serial_of(local: LocalFile, is_json: bool) -> str:
@@ -111,7 +79,7 @@ class SimpleIndex:
         self.filters = filters_of(state.config.filters)
         self.cooldown = cooldown_of(state)
         self.prefix = state.config.prefix
-        self.serials = SerialCache()
+        self._root_serials: dict[tuple[int, int], str] = {}  # root JSON version → its serial
         self._refreshing: set[asyncio.Future[bool]] = set()
         # Memos of pure functions of request strings (bounded: clients choose them).
         self._canonical: dict[str, str] = {}  # valid name as asked → its normalised form
@@ -178,16 +146,29 @@ class SimpleIndex:
             local = small_files.open(path)
             if local is None:
                 continue
-            try:
-                serial = self.serials.get(target, os.stat(target), True)
-            except OSError:
-                serial = None
+            serial = self._root_serial()
             if serial:
                 headers.append(("X-PyPI-Last-Serial", serial))
             if encoding:
                 headers.append(("Content-Encoding", encoding))
             return answer_file(request, local, content_type, headers)
         return text(404, "the root index has not been generated yet")
+
+    def _root_serial(self) -> str:
+        """The serial the root index claims, for both formats: from the root JSON page's
+        ``_last-serial``, read once per version of that page."""
+        local = small_files.open(str(self.state.repo.root_json))
+        if local is None:
+            return ""
+        try:
+            key = (local.st.st_ino, local.st.st_mtime_ns)
+            serial = self._root_serials.get(key)
+            if serial is None:
+                serial = _read_serial_of(local, True)
+                self._root_serials = {key: serial}  # only the current version matters
+            return serial
+        finally:
+            local.close()
 
     def _project(self, request: Request, name: str) -> Response | Any:
         if self.filters.denies(name):  # filters.deny_projects: never fetched, never served
