@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run sync test lint browser bench-serve bench-sync bench-cache clean
+.PHONY: run sync test lint browser postgres bench-serve bench-sync bench-cache clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -37,8 +37,25 @@ browser:
 		echo "no chromium (and not root with apt-get): the status page browser test will skip"; \
 	fi
 
-test: lint browser
-	$(BIN)/pytest -q
+# The PostgreSQL tests start their own throwaway server (tests/pgserver.py) from Debian's
+# postgresql package, installed here where we can (root with apt-get); elsewhere they skip.
+# (Debian's package may also start its own cluster on 5432: the tests never use it.)
+HAVE_POSTGRES = { [ -x "$$(pg_config --bindir 2>/dev/null)/initdb" ] || \
+	ls /usr/lib/postgresql/*/bin/initdb || command -v initdb; } >/dev/null 2>&1
+
+postgres:
+	@$(HAVE_POSTGRES) || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+			|| echo "postgresql could not be installed: the PostgreSQL tests will skip"; \
+	else \
+		echo "no PostgreSQL server (and not root with apt-get): the PostgreSQL tests will skip"; \
+	fi
+
+# With the server installed, a PostgreSQL test that cannot find it fails instead of skipping.
+test: lint browser postgres
+	@if $(HAVE_POSTGRES); then export PYPI_MIRROR_REQUIRE_POSTGRES=1; fi; \
+		echo "$(BIN)/pytest -q"; $(BIN)/pytest -q
 
 bench-serve: $(STAMP)
 	benchmarks/serve
