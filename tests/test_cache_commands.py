@@ -52,7 +52,7 @@ def place(mirror: Mirror, index: int, path: str, content: bytes) -> None:
     target = tier(mirror, index) / path
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(content)
-    db = Database.open(mirror.repo)
+    db = Database.in_repo(mirror.repo)
     try:
         db.set_local_files([LocalFile(path, len(content), index)])
     finally:

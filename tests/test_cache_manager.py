@@ -59,7 +59,7 @@ class World:
         self.limits = [0, 0]
         self.cache: dict[str, Any] = {}
         self.sync: dict[str, Any] = {"retry": 0}
-        self.db = Database.open(self.root)
+        self.db = Database.in_repo(self.root)
         self._prefixes = 0
 
     @property
@@ -687,7 +687,7 @@ def hasher(self):
 
 download.Digest.hasher = hasher
 config = load_config(config_path)
-db = Database.open(config.repo_path)
+db = Database.in_repo(config.repo_path)
 asyncio.run(
     run_cache_management(
         config, db, Repo(config), dry_run=False, stop=threading.Event(), now=now

@@ -34,7 +34,7 @@ def upstream(fake_pypi: FakePyPI) -> FakePyPI:
 
 
 def vote(repo: Path, paths: list[str]) -> None:
-    db = Database.open(repo)
+    db = Database.in_repo(repo)
     now = time.time()
     db.add_votes([(p, f"10.0.{i}.0/24", now) for p in paths for i in range(3)], dedup_window=300)
     db.close()

@@ -280,7 +280,7 @@ def _config(repo: Path) -> object:
 
 def test_traffic_rows_add_up_and_sync_runs_are_recorded(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    db = Database.open(tmp_path)
+    db = Database.in_repo(tmp_path)
     assert db.schema_version >= 2
     now = 1_800_003_600.0
     hour = hour_of(now)

@@ -140,7 +140,7 @@ async def index(tmp_path: Path, fake_pypi: FakePyPI) -> AsyncIterator[OnDemandIn
     )
     repo = Repo(config)
     repo.create_folders()
-    Database.open(config.repo_path)  # creates the schema, as `serve` does at startup
+    Database.in_repo(config.repo_path)  # creates the schema, as `serve` does at startup
     session = make_session(config)
     ondemand = OnDemandIndex(config, repo, UpstreamUrls(config), lambda: session)
     try:
@@ -204,7 +204,7 @@ async def test_page_written_by_another_worker_is_not_fetched_again(
         await asyncio.sleep(0.2)
         # The "other worker" fetches and saves the page while it holds the lock.
         body = urllib.request.urlopen(f"{fake_pypi.url}/pypi/{name}/json", timeout=5).read()
-        save_project(repo, Database.open(repo.root), body, on_demand=True)
+        save_project(repo, Database.in_repo(repo.root), body, on_demand=True)
     finally:
         os.close(fd)
     assert await asyncio.wait_for(waiting, 5) is True

@@ -36,7 +36,7 @@ def vote(mirror: Mirror, path: str, prefixes: int) -> None:
         prefix_counter += 1
         network = f"10.{prefix_counter // 256}.{prefix_counter % 256}.0/24"
         votes.append(Vote(path, network, time.time() - 3600))
-    db = Database.open(mirror.repo)
+    db = Database.in_repo(mirror.repo)
     try:
         db.add_votes(votes, dedup_window=300)
     finally:

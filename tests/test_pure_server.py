@@ -123,7 +123,7 @@ def test_bots() -> None:
 
 
 def test_vote_queue_never_blocks_and_counts_drops(tmp_path: Path) -> None:
-    Database.open(tmp_path).close()
+    Database.in_repo(tmp_path).close()
     recorder = VoteRecorder(tmp_path / "pypi-mirror.db", dedup_window=0, capacity=10)
     # not started: nothing drains the queue, so the 11th vote must be dropped, at once
     started = time.monotonic()
@@ -132,12 +132,12 @@ def test_vote_queue_never_blocks_and_counts_drops(tmp_path: Path) -> None:
     assert results.count(True) == 10 and recorder.dropped == 5
     recorder.start()
     recorder.close()
-    db = Database.open(tmp_path)
+    db = Database.in_repo(tmp_path)
     assert db.vote_count() == 10  # every accepted vote stored on close
 
 
 def test_vote_dedup_window(tmp_path: Path) -> None:
-    Database.open(tmp_path).close()
+    Database.in_repo(tmp_path).close()
     recorder = VoteRecorder(tmp_path / "pypi-mirror.db", dedup_window=300)
     recorder.start()
     path = f"ab/cd/{'1' * 60}/x.whl"
@@ -147,11 +147,11 @@ def test_vote_dedup_window(tmp_path: Path) -> None:
     recorder.record(path, "1.2.4.0/24", now + 100)  # another network: counts
     recorder.record(path, "1.2.3.0/24", now + 400)  # after the window: counts again
     recorder.close()
-    assert len(Database.open(tmp_path).votes_for(path)) == 3
+    assert len(Database.in_repo(tmp_path).votes_for(path)) == 3
 
 
 def test_votes_from_many_writers_are_all_stored(tmp_path: Path) -> None:
-    Database.open(tmp_path).close()
+    Database.in_repo(tmp_path).close()
     recorders = [VoteRecorder(tmp_path / "pypi-mirror.db", dedup_window=0) for _ in range(4)]
     for recorder in recorders:
         recorder.start()
@@ -169,4 +169,4 @@ def test_votes_from_many_writers_are_all_stored(tmp_path: Path) -> None:
     for recorder in recorders:
         recorder.close()
     assert sum(r.failed for r in recorders) == 0
-    assert Database.open(tmp_path).vote_count() == 1000
+    assert Database.in_repo(tmp_path).vote_count() == 1000

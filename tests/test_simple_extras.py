@@ -216,7 +216,7 @@ def test_cache_never_downloads_a_quarantined_file(tmp_path: Path, upstream: Fake
     assert sync(config)[0] == 0  # the index: demo recorded as quarantined
     wheel = upstream.file("demo", "demo-1.0-py3-none-any.whl")
     other = upstream.file("plain", "plain-2.0-py3-none-any.whl")
-    db = Database.open(repo)
+    db = Database.in_repo(repo)
     now = time.time()
     votes = [(f.path, f"10.0.{i}.0/24", now) for f in (wheel, other) for i in range(3)]
     db.add_votes(votes, dedup_window=300)

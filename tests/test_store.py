@@ -26,7 +26,7 @@ def repo(tmp_path: Path) -> Repo:
 
 @pytest.fixture
 def db(repo: Repo) -> Iterator[Database]:
-    database = Database.open(repo.root)
+    database = Database.in_repo(repo.root)
     yield database
     database.close()
 

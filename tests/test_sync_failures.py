@@ -68,7 +68,7 @@ def index_counts(stdout: str) -> dict[str, int]:
 
 
 def vote(repo: Path, path: str, prefixes: int) -> None:
-    db = Database.open(repo)
+    db = Database.in_repo(repo)
     try:
         now = time.time() - 60  # sync runs on the real clock
         votes = [Vote(path, f"10.9.{i}.0/24", now) for i in range(prefixes)]

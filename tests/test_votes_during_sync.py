@@ -40,7 +40,7 @@ def _seed(repo: Path, now: float) -> None:
     Old votes run through the files in time order with some spread, so each cleanup slice
     changes a part of votes_by_file rather than pages all over it: the run stays short,
     and the slices still each hold the lock about as long as they do at full scale."""
-    Database.open(repo).close()
+    Database.in_repo(repo).close()
     conn = sqlite3.connect(str(repo / DB_FILENAME), isolation_level=None)
     conn.execute("PRAGMA synchronous = OFF")
     indexes = conn.execute(
@@ -159,7 +159,7 @@ def test_no_vote_is_lost_while_phase_e_cleans_up(tmp_path: Path) -> None:
 def test_record_never_blocks_on_a_locked_database(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    Database.open(tmp_path).close()
+    Database.in_repo(tmp_path).close()
     db_path = tmp_path / DB_FILENAME
     locker = sqlite3.connect(str(db_path), isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")  # sync, say, in the middle of a long write

@@ -106,7 +106,7 @@ def run_once(world: World, repo_path: Path) -> tuple[CacheResult, PhasePeaks, fl
     )
     gc.collect()
     os.sync()  # the previous run's (or the copy's) writeback must not be billed to this one
-    db = Database.open(repo_path)
+    db = Database.in_repo(repo_path)
     repo = Repo(config)
     with PhasePeaks() as peaks:
         started = time.perf_counter()

@@ -157,7 +157,7 @@ from pathlib import Path
 from pypi_mirror.db import Database
 
 repo = Path(sys.argv[1])
-db = Database.open(repo)
+db = Database.in_repo(repo)
 db.set_serial(sys.argv[2], int(sys.argv[3]), on_demand=False)
 # The tree's root index is PyPI's own (927,088 projects, not in this database): tell the
 # server it is current, or it would rewrite it from the one serials row at start.

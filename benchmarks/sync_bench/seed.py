@@ -14,7 +14,7 @@ from sync_bench.names import is_fetched, normalized_name, serial_of
 def seed(repo: Path, projects: int, every: int) -> int:
     """Serial rows for every project not fetched; returns how many are left to fetch."""
     repo.mkdir(parents=True, exist_ok=True)
-    db = Database.open(repo)
+    db = Database.in_repo(repo)
     missing = 0
     with db.transaction():
         for i in range(projects):

@@ -81,10 +81,10 @@ def purge(
 
     repo = Repo(config)
     selection = Selection(normalize(name), version, filename)
-    with cache_lock(repo, wait) as held:
+    with cache_lock(config, repo, wait, "cache") as held:
         if not held:
             _lock_refused()
-        db = Database.open(config.repo_path)
+        db = Database.open(config.store, "cache")
         try:
             result = purge(repo, db, selection, dry_run=dry_run)
         finally:
@@ -129,10 +129,10 @@ def prewarm(files: tuple[Path, ...], wait: float, config_path: Path | None, verb
         skipped.extend(parsed.skipped)
     repo = Repo(config)
     repo.create_folders()
-    with cache_lock(repo, wait) as held:
+    with cache_lock(config, repo, wait, "cache") as held:
         if not held:
             _lock_refused()
-        db = Database.open(config.repo_path)
+        db = Database.open(config.store, "cache")
         try:
             result = asyncio.run(run_prewarm(config, repo, db, wanted, progress_bar=None))
         finally:
@@ -176,7 +176,7 @@ def pin(
     from pypi_mirror.cache.pins import add_pins
     from pypi_mirror.db import Database
 
-    db = Database.open(config.repo_path)
+    db = Database.open(config.store, "cache")
     try:
         added = add_pins(db, checked, all_versions=all_versions)
     finally:
@@ -199,7 +199,7 @@ def unpin(specs: tuple[str, ...], config_path: Path | None, verbose: bool) -> No
     from pypi_mirror.cache.pins import remove_pins
     from pypi_mirror.db import Database
 
-    db = Database.open(config.repo_path)
+    db = Database.open(config.store, "cache")
     try:
         removed, missing = remove_pins(db, checked)
     finally:
@@ -224,7 +224,7 @@ def list_pins(config_path: Path | None, verbose: bool) -> None:
     from pypi_mirror.cache.pins import all_pins
     from pypi_mirror.db import Database
 
-    db = Database.open(config.repo_path)
+    db = Database.open(config.store, "cache")
     try:
         pins = all_pins(config, db)
     finally:

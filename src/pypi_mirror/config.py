@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from pypi_mirror.db.location import StoreLocation, parse_database_url
 from pypi_mirror.filters import FiltersConfig
 from pypi_mirror.names import is_valid_project_name, normalize
 
@@ -236,6 +237,17 @@ class TimeoutsConfig(_Strict):
     upstream: Duration = 60.0
 
 
+class DatabaseConfig(_Strict):
+    # Absent or sqlite:///...: the embedded SQLite file. postgresql://user@host/db: a
+    # PostgreSQL shared by several serve nodes (see db/location.py for the forms).
+    url: str | None = None
+    # A file holding the PostgreSQL password (mode 0600), read at each connect.
+    password_file: Path | None = None
+    # Votes one serve worker keeps buffered while the database cannot take them; beyond
+    # this they are dropped and counted (pypi_mirror_votes_dropped_total).
+    vote_buffer: int = Field(default=100_000, ge=1_000, le=10_000_000)
+
+
 class Config(_Strict):
     listen: str = ":8080"
     repo_path: Path
@@ -260,6 +272,7 @@ class Config(_Strict):
     # Projects denied outright, files kept out of the cache (filters.py).
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -324,6 +337,25 @@ class Config(_Strict):
         if problems:
             raise ValueError("; ".join(f"{key}: {message}" for key, message in problems))
         return self
+
+    @model_validator(mode="after")
+    def _database_url(self) -> Config:
+        database = self.database
+        try:
+            parse_database_url(database.url, self.repo_path, database.password_file)
+        except ValueError as error:
+            raise ValueError(f"database.url: {error}") from None
+        if database.password_file is not None and not database.password_file.is_file():
+            raise ValueError(
+                f"database.password_file: file {str(database.password_file)!r} does not exist"
+            )
+        return self
+
+    @property
+    def store(self) -> StoreLocation:
+        """Where the store lives (database.url, resolved against repo_path)."""
+        database = self.database
+        return parse_database_url(database.url, self.repo_path, database.password_file)
 
     @property
     def listen_host_port(self) -> tuple[str | None, int]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pypi_mirror.config import Config
+from pypi_mirror.db import is_disk_full as database_full
 from pypi_mirror.names import is_normalized, is_valid_file_path
 
 # Every temporary file starts with this, so inventory can recognise and remove leftovers of a
@@ -24,7 +25,6 @@ from pypi_mirror.names import is_normalized, is_valid_file_path
 TEMP_PREFIX = ".pmtmp-"
 SCAN_SAMPLE = 8  # top-level folders read first, to tell a cold cache from a warm one
 WARM_SCAN_WORKERS = 2
-SQLITE_FULL = 13  # "database or disk is full" (sqlite3.Error.sqlite_errorcode)
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,10 @@ def tiers_of(config: Config) -> list[Tier]:
 
 
 def is_disk_full(error: BaseException) -> bool:
-    """No space (or quota) left, as the filesystem or SQLite says it."""
+    """No space (or quota) left, as the filesystem or the database says it."""
     if isinstance(error, OSError):
         return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    return getattr(error, "sqlite_errorcode", None) == SQLITE_FULL
+    return database_full(error)
 
 
 def temp_path_for(target: Path) -> Path:

@@ -61,7 +61,7 @@ def run_simulation(
     requests = load_requests(
         _downloads(logs, config.prefix, bad),
         dedup_window=cache.dedup_window,
-        known_sizes=sizes_from_database(Path(config.repo_path) / "pypi-mirror.db"),
+        known_sizes=sizes_from_database(config.store),
     )
     requests.bad_lines = bad[0]
     loaded = time.perf_counter()

@@ -4,7 +4,6 @@ never as rich markup."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 import orjson
@@ -14,7 +13,7 @@ from rich.text import Text
 
 from pypi_mirror.cache.report import format_size
 from pypi_mirror.config import Config
-from pypi_mirror.db import DB_FILENAME, Database
+from pypi_mirror.db import STORE_ERRORS, Database
 from pypi_mirror.progress import format_duration
 from pypi_mirror.status import (
     Status,
@@ -130,18 +129,18 @@ def render(status: Status, console: Console) -> None:
 def print_status(config: Config, *, as_json: bool = False, console: Console | None = None) -> int:
     """Print the status; 0, or 1 when there is no database to read."""
     console = console or Console()
-    path = config.repo_path / DB_FILENAME
-    if not path.exists():
-        console.print(Text(f"no database at {path}: the mirror has not run here yet"))
+    store = config.store
+    if store.sqlite_path is not None and not store.sqlite_path.exists():
+        console.print(Text(f"no database at {store.sqlite_path}: the mirror has not run here yet"))
         return 1
     try:
-        db = Database(path)
+        db = Database(store, "status")
         try:
             status = read_status(config, db, time.time())
         finally:
             db.close()
-    except sqlite3.Error as error:
-        console.print(Text(f"cannot read the database {path}: {error}"))
+    except STORE_ERRORS as error:
+        console.print(Text(f"cannot read the database ({store.display}): {error}"))
         return 1
     if as_json:
         print(orjson.dumps(status_json(status), option=orjson.OPT_INDENT_2).decode())

@@ -8,21 +8,20 @@ part succeeded; otherwise the summary names what failed.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from types import FrameType
 
 from pypi_mirror.cache.manager import run_cache_management
 from pypi_mirror.cache.report import CacheResult
 from pypi_mirror.cache.report import format_plan as format_cache_plan
 from pypi_mirror.config import Config
-from pypi_mirror.db import DB_FILENAME, Database
+from pypi_mirror.db import Database, StoreLocation
+from pypi_mirror.db import locks as store_locks
 from pypi_mirror.index.sync import (
     IndexSyncResult,
     SyncTuning,
@@ -39,9 +38,9 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-# Overlapping runs (a slow sync and the next timer tick) would fetch and delete the same
-# projects twice; the second one leaves at once.
-INDEX_LOCK = ".index.lock"
+# Overlapping runs (a slow sync and the next timer tick, or two hosts' timers) would fetch
+# and delete the same projects twice; the second one leaves at once.
+INDEX_LOCK = store_locks.SYNC.filename
 
 
 class StopFlag(threading.Event):
@@ -77,19 +76,6 @@ def stop_on_signals(stop: StopFlag) -> Iterator[None]:
             signal.signal(sig, default)
 
 
-@contextmanager
-def exclusive(lock_path: Path) -> Iterator[bool]:
-    """Hold ``lock_path`` (flock) for the block; False when another process holds it. The
-    kernel releases it when the process ends, however it ends."""
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-
-
 def run_sync(
     config: Config,
     *,
@@ -103,15 +89,18 @@ def run_sync(
         return _dry_run(config, tuning)
     repo = Repo(config)
     repo.create_folders()
-    with exclusive(config.repo_path / INDEX_LOCK) as allowed:
-        if not allowed:
-            print("sync: another sync is running on this repository; nothing done", flush=True)
+    with store_locks.exclusive(config.store, repo.root, store_locks.SYNC, "sync") as lock:
+        if not lock.held:
+            print(
+                f"sync: another sync is running on this repository ({lock.holder}); nothing done",
+                flush=True,
+            )
             return EXIT_FAILED
         return _run(config, repo, tuning, progress_bar)
 
 
 def _run(config: Config, repo: Repo, tuning: SyncTuning, progress_bar: bool | None) -> int:
-    db = Database.open(config.repo_path)
+    db = Database.open(config.store, "sync")
     stop = StopFlag()
     started = time.time()
     index: IndexSyncResult | None = None
@@ -204,8 +193,7 @@ def _failures(index: IndexSyncResult) -> list[str]:
 
 def _dry_run(config: Config, tuning: SyncTuning) -> int:
     """List the upstream, compare, print the plan. Creates and changes nothing."""
-    db_path = config.repo_path / DB_FILENAME
-    db = Database(db_path) if db_path.exists() else None
+    db = _existing(config.store)
     try:
         plan = asyncio.run(plan_sync(config, db, tuning))
     except UpstreamError as error:
@@ -216,15 +204,22 @@ def _dry_run(config: Config, tuning: SyncTuning) -> int:
             db.close()
     print("dry run, nothing changed:", flush=True)
     print(format_plan(plan, config.sync.max_deletions), flush=True)
-    print("\n".join(_cache_plan(config, db_path)), flush=True)
+    print("\n".join(_cache_plan(config)), flush=True)
     return EXIT_FAILED if len(plan.removed) > config.sync.max_deletions else EXIT_OK
 
 
-def _cache_plan(config: Config, db_path: Path) -> list[str]:
+def _existing(store: StoreLocation) -> Database | None:
+    """The store if it exists: a dry run creates nothing (a PostgreSQL database exists)."""
+    if store.sqlite_path is not None and not store.sqlite_path.exists():
+        return None
+    return Database(store, "sync")
+
+
+def _cache_plan(config: Config) -> list[str]:
     """What cache management would do now (from the votes and the tiers as they are)."""
-    if not db_path.exists():
+    db = _existing(config.store)
+    if db is None:
         return ["cache plan: no database yet (no votes): nothing to do"]
-    db = Database(db_path)
     try:
         result = asyncio.run(
             run_cache_management(config, db, Repo(config), dry_run=True, stop=StopFlag())

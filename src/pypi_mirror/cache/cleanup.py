@@ -13,6 +13,8 @@ def cleanup(
 ) -> None:
     """``stale``: rows of local_sizes whose file is on no tier (and was not placed since)."""
     result.votes_dropped = db.delete_votes_before(now - config.cache.vote_window)
+    # A mark inside the dedup window still suppresses duplicates: kept at least that long.
+    db.delete_vote_marks_before(now - max(config.cache.vote_window, config.cache.dedup_window))
     result.remote_sizes_dropped = db.delete_remote_sizes_before(now - config.cache.size_db_ttl)
     if stale:
         db.delete_local_files(stale)

@@ -4,33 +4,16 @@ another is changing. Waiting is bounded: an operator gets a clear answer, not a 
 
 from __future__ import annotations
 
-import fcntl
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pypi_mirror.cache.manager import LOCK_FILENAME
+from pypi_mirror.config import Config
+from pypi_mirror.db import locks as store_locks
 from pypi_mirror.repo import Repo
-
-POLL = 0.2
 
 
 @contextmanager
-def cache_lock(repo: Repo, wait: float) -> Iterator[bool]:
+def cache_lock(config: Config, repo: Repo, wait: float, role: str) -> Iterator[bool]:
     """Hold the cache lock for the block; False when it stayed taken for ``wait`` seconds."""
-    repo.root.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait
-    with open(repo.root / LOCK_FILENAME, "a") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(POLL)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with store_locks.exclusive(config.store, repo.root, store_locks.CACHE, role, wait) as lock:
+        yield lock.held

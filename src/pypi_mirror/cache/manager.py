@@ -22,7 +22,6 @@ way round: every change is made on disk first and recorded after, so an interrup
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import logging
 import time
@@ -42,6 +41,7 @@ from pypi_mirror.cache.report import CacheResult, TierState
 from pypi_mirror.cache.sizes import Candidates, find_candidates
 from pypi_mirror.config import Config
 from pypi_mirror.db import Database
+from pypi_mirror.db import locks as store_locks
 from pypi_mirror.filters import Filters, filters_of
 from pypi_mirror.index.quarantine import load as load_quarantined
 from pypi_mirror.index.quarantine import refused_paths
@@ -51,23 +51,13 @@ from pypi_mirror.upstream import make_session
 log = logging.getLogger(__name__)
 
 PHASES = ("A", "B", "C", "D", "E")
-LOCK_FILENAME = ".cache.lock"
 
 
 @contextmanager
-def _exclusive(repo: Repo) -> Iterator[bool]:
-    """One cache manager at a time per repository (overlapping timer runs)."""
-    repo.root.mkdir(parents=True, exist_ok=True)
-    with open(repo.root / LOCK_FILENAME, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _exclusive(config: Config, repo: Repo) -> Iterator[bool]:
+    """One cache manager at a time per repository (overlapping runs, on any host)."""
+    with store_locks.exclusive(config.store, repo.root, store_locks.CACHE, "sync") as lock:
+        yield lock.held
 
 
 async def run_cache_management(
@@ -88,7 +78,7 @@ async def run_cache_management(
         dry_run=dry_run,
         tiers=[TierState(t.index, t.path, t.size_limit) for t in repo.tiers],
     )
-    with _exclusive(repo) if not dry_run else _nothing() as allowed:
+    with _exclusive(config, repo) if not dry_run else _nothing() as allowed:
         if not allowed:
             result.failures.append("another sync is managing the cache; skipped")
             return result

@@ -11,18 +11,17 @@ up to the next step are hits when their file is in the cache that plan left.
 from __future__ import annotations
 
 import bisect
-import sqlite3
 import time
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import neg
-from pathlib import Path
 
 from pypi_mirror.cache.logread import Download
 from pypi_mirror.cache.plan import SCORERS, assign_sizes
 from pypi_mirror.cache.votes import is_bot
+from pypi_mirror.db import Database, StoreLocation
 from pypi_mirror.server.clientip import parse_ip, vote_prefix
 
 DAY = 86400.0
@@ -148,25 +147,17 @@ def _count_votes(requests: Requests, dedup_window: float) -> None:
     requests.duplicate_votes = duplicates
 
 
-def sizes_from_database(db_path: Path) -> Callable[[list[str]], dict[str, int]]:
+def sizes_from_database(store: StoreLocation) -> Callable[[list[str]], dict[str, int]]:
     """Sizes the mirror knows (``local_sizes``, then ``remote_sizes``), read-only."""
 
     def lookup(paths: list[str]) -> dict[str, int]:
-        if not db_path.exists():
+        if store.sqlite_path is not None and not store.sqlite_path.exists():
             return {}
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        db = Database(store, "simulate")
         try:
-            found: dict[str, int] = {}
-            for table in ("remote_sizes", "local_sizes"):  # local last: it wins
-                query = (
-                    f"SELECT f.path, t.size FROM {table} t JOIN files f ON f.id = t.file_id "
-                    "WHERE t.size IS NOT NULL"
-                )
-                found.update(conn.execute(query).fetchall())
-            wanted = set(paths)
-            return {path: size for path, size in found.items() if path in wanted}
+            return db.known_sizes(paths)
         finally:
-            conn.close()
+            db.close()
 
     return lookup
 

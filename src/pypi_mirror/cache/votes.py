@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
-from pypi_mirror.db import Database
+from pypi_mirror.db import Database, StoreLocation, is_busy, is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +23,9 @@ FLUSH_INTERVAL = 0.5  # otherwise the writer wakes this often
 # itself: short attempts poll often enough to slip in between `sync`'s cleanup slices, where
 # SQLite's own busy handler, once it has waited a while, only looks every 100 ms.
 LOCK_WAIT = 0.01
+# PostgreSQL has no single write lock: a vote transaction only waits for another node's
+# transaction on the same rows, which takes milliseconds. A lock held longer is a fault.
+PG_LOCK_WAIT = 5.0
 WAITING_LOG_INTERVAL = 10.0
 FAILURE_ATTEMPTS = 5
 
@@ -31,13 +33,6 @@ FAILURE_ATTEMPTS = 5
 def is_bot(user_agent: str | None) -> bool:
     """Bots never vote (and are never refused: this only affects votes)."""
     return bool(user_agent) and any(marker in user_agent for marker in BOT_MARKERS)
-
-
-def _is_busy(error: sqlite3.OperationalError) -> bool:
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    return "locked" in str(error)
 
 
 class VoteRecorder:
@@ -49,10 +44,16 @@ class VoteRecorder:
     A vote leaves the buffer only once stored, so while the database is locked the votes
     wait there; they are dropped (and counted) only when the buffer holds ``capacity``.
     ``close`` stores everything buffered, so no accepted vote is lost on a graceful shutdown.
+
+    A database server that cannot be reached (PostgreSQL down or restarting) is the same
+    case as a lock held for long: the votes wait in the buffer, the writer reconnects every
+    ``FLUSH_INTERVAL``, and only a full buffer drops (and counts) votes.
     """
 
-    def __init__(self, db_path: Path, dedup_window: float, capacity: int = QUEUE_CAPACITY) -> None:
-        self._db_path = db_path
+    def __init__(
+        self, store: StoreLocation | Path, dedup_window: float, capacity: int = QUEUE_CAPACITY
+    ) -> None:
+        self._store = store if isinstance(store, StoreLocation) else StoreLocation.sqlite(store)
         self._dedup_window = dedup_window
         self._capacity = capacity
         self._wake_at = max(1, min(BATCH_SIZE, capacity // 2))
@@ -65,11 +66,21 @@ class VoteRecorder:
         self.dropped = 0
         self.stored = 0
         self.failed = 0
+        self.unreachable: str | None = None  # why the database cannot be reached, if so
+        self._unreachable_since = 0.0
+        self._unreachable_logged = 0.0
 
     @property
     def pending(self) -> int:
         """Votes accepted but not stored yet."""
         return len(self._buffer)
+
+    def backlog(self) -> str:
+        """For /ready: what waits in this worker's buffer."""
+        return (
+            f"votes: {self.pending} buffered in this worker (room for {self._capacity}), "
+            f"{self.dropped} dropped since start"
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -112,21 +123,59 @@ class VoteRecorder:
             )
 
     def _run(self) -> None:
-        db = Database(self._db_path)
-        db.set_busy_timeout(LOCK_WAIT)
+        db: Database | None = None
         try:
             while True:
                 closing = self._closing  # read before the last pass: it sees every vote
                 if not closing:
                     self._wake.wait(FLUSH_INTERVAL)
                     self._wake.clear()
-                self._store_buffered(db)
+                if db is None and (self._buffer or closing):
+                    db = self._connect()
+                if db is not None and not self._store_buffered(db):
+                    db.close()
+                    db = None
                 if closing:
+                    if self._buffer:
+                        log.error("vote writer stopping: %d votes not stored", len(self._buffer))
                     return
         finally:
-            db.close()
+            if db is not None:
+                db.close()
 
-    def _store_buffered(self, db: Database) -> None:
+    def _connect(self) -> Database | None:
+        """The writer's connection, or None while the database is unreachable."""
+        try:
+            db = Database(self._store, "serve votes")
+        except Exception as error:
+            if not is_unreachable(error):
+                raise
+            self._unreachable_now(error)
+            return None
+        db.set_busy_timeout(PG_LOCK_WAIT if db.backend == "postgresql" else LOCK_WAIT)
+        return db
+
+    def _unreachable_now(self, error: BaseException) -> None:
+        now = time.monotonic()
+        if self.unreachable is None:
+            self._unreachable_since = self._unreachable_logged = now
+            log.warning(
+                "vote writer: database unreachable (%s), votes kept in the buffer: %s",
+                self._store.display,
+                str(error).strip(),
+            )
+        elif now - self._unreachable_logged >= WAITING_LOG_INTERVAL:
+            self._unreachable_logged = now
+            log.warning(
+                "vote writer: database unreachable for %.0f s, %d votes buffered, %d dropped",
+                now - self._unreachable_since,
+                len(self._buffer),
+                self.dropped,
+            )
+        self.unreachable = str(error).strip() or type(error).__name__
+
+    def _store_buffered(self, db: Database) -> bool:
+        """Store what is buffered; False when the connection was lost (the votes stay)."""
         buffer = self._buffer
         waiting_since: float | None = None  # for a warning when the lock is held for long
         logged_at = 0.0
@@ -135,8 +184,11 @@ class VoteRecorder:
             batch = buffer[:BATCH_SIZE]
             try:
                 self.stored += db.add_votes(batch, self._dedup_window)
-            except sqlite3.OperationalError as error:
-                if not _is_busy(error):
+            except Exception as error:
+                if is_unreachable(error):
+                    self._unreachable_now(error)
+                    return False
+                if not is_busy(error):
                     failures = self._failed(batch, failures)
                     continue
                 # Another writer (`sync`, another worker) holds the lock: the votes stay
@@ -152,12 +204,13 @@ class VoteRecorder:
                         len(buffer),
                     )
                 continue
-            except Exception:
-                failures = self._failed(batch, failures)
-                continue
             del buffer[: len(batch)]
             waiting_since = None
             failures = 0
+            if self.unreachable is not None:
+                log.warning("vote writer: database reachable again, buffered votes stored")
+                self.unreachable = None
+        return True
 
     def _failed(self, batch: list[tuple[str, str, float]], failures: int) -> int:
         """A batch failed for a reason other than the lock: retry a few times, then give up

@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import resource
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from pypi_mirror.config import Config
-from pypi_mirror.db import Database
+from pypi_mirror.db import STORE_ERRORS, Database
 from pypi_mirror.filters import Filters, filters_of
 from pypi_mirror.index.render import (
     RenderError,
@@ -341,8 +340,8 @@ def apply_project(
             # Only for a project new to us: the pages went to the project the body names.
             return Outcome("failed", f"upstream answered with project {rendered.name!r}")
         return Outcome("new" if row is None else "updated", "", deleted, rendered.serial)
-    except (OSError, RenderError, sqlite3.Error) as error:
-        # sqlite3.Error: "database or disk is full" is this project's failure, counted like
+    except (OSError, RenderError, *STORE_ERRORS) as error:
+        # STORE_ERRORS: "database or disk is full" is this project's failure, counted like
         # any other, not the end of the run with every count lost.
         return Outcome("failed", f"cannot store: {error}", disk_full=is_disk_full(error))
 
@@ -526,7 +525,7 @@ async def _sync_index(
             # Waits for a `serve` worker's rewrite (seconds), then writes over it.
             with root_lock(repo, blocking=True):
                 write_root_recorded(repo, db, global_serial)
-        except (OSError, sqlite3.Error) as error:
+        except (OSError, *STORE_ERRORS) as error:
             # The projects stored stay stored (their pages are served); the root index is
             # written again by the next run.
             log.error("root index not written: %s", error)
@@ -552,7 +551,7 @@ def _worker_init(config: Config) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     global _worker_store
-    _worker_store = (Repo(config), Database.open(config.repo_path))
+    _worker_store = (Repo(config), Database.open(config.store, "sync"))
 
 
 def _worker_apply(name: str, body: bytes, extras: SimpleExtras | None) -> Outcome:

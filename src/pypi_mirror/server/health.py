@@ -5,6 +5,11 @@ when this mirror can do its job: the database is readable, the repository is wri
 fetched on demand are written there), the root index is present and the upstream answers
 within a few seconds; otherwise 503 with one line per failed dependency.
 
+A shared PostgreSQL that cannot be reached is the exception: every node would fail together
+and a load balancer would take the whole mirror out, while each node still serves its files
+and pages. So ``/ready`` stays 200 and says "degraded", with why and how many votes wait in
+this worker's buffer (they are stored when the database is back, or dropped and counted).
+
 The upstream probe is remembered for a few seconds (a load balancer asks every few seconds,
 per worker); a failed probe for less long, so recovery shows soon.
 """
@@ -13,37 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from pathlib import Path
 
 import aiohttp
 
-from pypi_mirror.db import DB_FILENAME
+from pypi_mirror.db import StoreLocation
+from pypi_mirror.db.connection import probe as probe_database
 from pypi_mirror.repo import TEMP_PREFIX, Repo
 
 PROBE_TIMEOUT = 3.0  # seconds for the upstream to answer the probe
 PROBE_TTL_OK = 10.0
 PROBE_TTL_FAILED = 2.0
 DB_TIMEOUT = 2.0
-
-
-def check_database(repo_path: Path) -> str | None:
-    """Why the database cannot be read, or None. A new read-only connection each time: the
-    server's own connections would keep reading a deleted or replaced file."""
-    path = repo_path / DB_FILENAME
-    try:
-        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=DB_TIMEOUT)
-        try:
-            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-            conn.execute("SELECT 1 FROM settings LIMIT 1").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error as error:
-        return f"database not readable: {path}: {error}"
-    return None
 
 
 def check_writable(repo: Repo) -> str | None:
@@ -107,22 +95,35 @@ class UpstreamProbe:
 class Readiness:
     """Every dependency checked at once; the local ones on ``executor`` (they touch disks)."""
 
-    def __init__(self, repo: Repo, probe: UpstreamProbe, executor: Executor) -> None:
+    def __init__(
+        self,
+        repo: Repo,
+        store: StoreLocation,
+        probe: UpstreamProbe,
+        executor: Executor,
+        vote_backlog: Callable[[], str],
+    ) -> None:
         self.repo = repo
+        self.store = store
         self.probe = probe
         self.executor = executor
+        self.vote_backlog = vote_backlog
 
-    def _local_problems(self) -> list[str]:
-        checks = (
-            check_database(self.repo.root),
-            check_writable(self.repo),
-            check_root_index(self.repo),
-        )
-        return [problem for problem in checks if problem]
+    def _local_checks(self) -> tuple[list[str], list[str]]:
+        problems = [check_writable(self.repo), check_root_index(self.repo)]
+        degraded: list[str] = []
+        database = probe_database(self.store, DB_TIMEOUT)
+        if database is not None and self.store.is_postgresql:
+            degraded.append(database)
+            degraded.append(self.vote_backlog())
+        else:
+            problems.insert(0, database)
+        return [problem for problem in problems if problem], degraded
 
-    async def problems(self) -> list[str]:
+    async def problems(self) -> tuple[list[str], list[str]]:
+        """(what makes this worker not ready, what degrades it but leaves it serving)."""
         loop = asyncio.get_running_loop()
-        local = loop.run_in_executor(self.executor, self._local_problems)
+        local = loop.run_in_executor(self.executor, self._local_checks)
         upstream = await self.probe.problem()
-        problems = await local
-        return problems + ([upstream] if upstream else [])
+        problems, degraded = await local
+        return problems + ([upstream] if upstream else []), degraded

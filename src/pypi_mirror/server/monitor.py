@@ -34,6 +34,7 @@ from pypi_mirror.status import (
     read_status,
 )
 
+NO_STORE = [("Cache-Control", "no-store")]
 log = logging.getLogger(__name__)
 
 PERSIST_INTERVAL = 10.0  # seconds between a worker's additions to the hourly table
@@ -78,7 +79,11 @@ class Monitor:
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="monitor")
         self._local = threading.local()
         self.readiness = Readiness(
-            state.repo, UpstreamProbe(state.urls.simple_root(), state.session), self.executor
+            state.repo,
+            state.config.store,
+            UpstreamProbe(state.urls.simple_root(), state.session),
+            self.executor,
+            state.votes.backlog,
         )
         self._facts: Kept[Facts] = Kept(FACTS_TTL, lambda: self._in_thread(self._read_facts))
         self._top: Kept[list[tuple[str, int]]] = Kept(
@@ -94,7 +99,7 @@ class Monitor:
     def _db(self) -> Database:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = self._local.db = Database.open(self.config.repo_path)
+            db = self._local.db = Database.open(self.config.store, "serve")
         return db
 
     async def _in_thread(self, work: Callable[[], T]) -> T:
@@ -169,7 +174,7 @@ class Monitor:
     def health(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
             return method_not_allowed()
-        return text(200, "ok", [("Cache-Control", "no-store")])
+        return text(200, "ok", NO_STORE)
 
     def ready(self, request: Request) -> Response | Coroutine[Any, Any, Response]:
         if request.method not in ("GET", "HEAD"):
@@ -177,14 +182,17 @@ class Monitor:
         return self._ready()
 
     async def _ready(self) -> Response:
+        degraded: list[str] = []
         try:
-            problems = await self.readiness.problems()
+            problems, degraded = await self.readiness.problems()
         except Exception as error:
             log.exception("readiness check failed")
             problems = [f"readiness check failed: {error}"]
         if problems:
-            return text(503, "not ready:\n" + "\n".join(problems), [("Cache-Control", "no-store")])
-        return text(200, "ready", [("Cache-Control", "no-store")])
+            return text(503, "not ready:\n" + "\n".join(problems), NO_STORE)
+        if degraded:
+            return text(200, "ready, degraded:\n" + "\n".join(degraded), NO_STORE)
+        return text(200, "ready", NO_STORE)
 
     def scrape(self, request: Request) -> Response | Coroutine[Any, Any, Response]:
         if request.method not in ("GET", "HEAD"):

@@ -99,7 +99,7 @@ class OnDemandIndex:
     def _db(self) -> Database:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = self._local.db = Database.open(self._config.repo_path)
+            db = self._local.db = Database.open(self._config.store, "serve")
         return db
 
     def _is_on_demand(self, name: str, mtime_ns: int) -> bool:

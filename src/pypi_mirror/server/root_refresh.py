@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
-from pypi_mirror.db import Database
+from pypi_mirror.db import STORE_ERRORS, Database, StoreLocation
 from pypi_mirror.index.root_fresh import refresh_root_index
 from pypi_mirror.repo import Repo
 
@@ -24,8 +23,9 @@ PACE = 10.0
 
 
 class RootRefresher:
-    def __init__(self, repo: Repo, interval: float) -> None:
+    def __init__(self, repo: Repo, store: StoreLocation, interval: float) -> None:
         self._repo = repo
+        self._store = store
         self._interval = interval
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="root-index")
         self._db: Database | None = None  # opened and used on the executor's thread only
@@ -44,13 +44,13 @@ class RootRefresher:
                     took = loop.time() - started
                     log.info("root index rewritten with new serials in %.1f s", took)
                     pause = max(pause, took * PACE)
-            except (OSError, sqlite3.Error) as error:
+            except (OSError, *STORE_ERRORS) as error:
                 log.warning("root index not refreshed: %s", error)
             await asyncio.sleep(pause)
 
     def _refresh(self) -> bool:
         if self._db is None:
-            self._db = Database.open(self._repo.root)
+            self._db = Database.open(self._store, "serve")
         return refresh_root_index(self._repo, self._db)
 
     def close(self) -> None:

@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from pypi_mirror.db import DB_FILENAME
 from pypi_mirror.server.accesslog import MirrorJsonLines, format_combined
 from pypi_mirror.server.files import Files
 from pypi_mirror.server.http import Request, Response, redirect, text
@@ -39,7 +38,7 @@ class Router:
         self.packages = f"{self.prefix}/packages/"
         self.web_base = state.config.upstream.pypi_url
         self.json_api = JsonApi(state, simple.ondemand)
-        self.xmlrpc = XmlRpc(state.config.repo_path / DB_FILENAME)
+        self.xmlrpc = XmlRpc(state.config.store)
         self.xmlrpc_paths = (f"{self.prefix}/pypi", f"{self.prefix}/pypi/")
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from pypi_mirror.cache.votes import VoteRecorder
 from pypi_mirror.config import Config
-from pypi_mirror.db import Database
+from pypi_mirror.db import STORE_ERRORS, Database, is_unreachable
 from pypi_mirror.index.root_fresh import refresh_root_index
 from pypi_mirror.repo import Repo
 from pypi_mirror.server.accesslog import FLUSH_INTERVAL, AccessLogWriter
@@ -84,7 +84,9 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
     loop = asyncio.get_running_loop()
     repo = Repo(config)
     urls = UpstreamUrls(config)
-    votes = VoteRecorder(config.repo_path / "pypi-mirror.db", config.cache.dedup_window)
+    votes = VoteRecorder(
+        config.store, config.cache.dedup_window, capacity=config.database.vote_buffer
+    )
     votes.start()
     access_log = AccessLogWriter(config.log.path) if config.log.path else None
     tally = RequestTally()
@@ -92,7 +94,7 @@ async def serve_worker(config: Config, ssl_context: ssl.SSLContext | None, reuse
     ondemand = OnDemandIndex(config, repo, urls, state.session)
     simple = SimpleIndex(state, ondemand)
     monitor = Monitor(state, tally, ondemand)
-    root_refresher = RootRefresher(repo, config.upstream.root_refresh)
+    root_refresher = RootRefresher(repo, config.store, config.upstream.root_refresh)
     context = ServerContext(
         Router(state, simple, monitor.routes(config.prefix)),
         AccessLog(state, tally),
@@ -268,10 +270,26 @@ def _supervise(config: Config, ssl_context: ssl.SSLContext | None, count: int) -
     return exit_code
 
 
-def _ensure_root_index(repo: Repo, db: Database) -> None:
-    """A mirror that never ran `sync` still answers /simple/: list what it knows so far,
-    including the projects fetched on demand before a restart."""
-    refresh_root_index(repo, db)
+def _prepare_store(config: Config, repo: Repo) -> None:
+    """Create or migrate the schema once, up front, and list what the store knows in the
+    root index (a mirror that never ran `sync` still answers /simple/, including projects
+    fetched on demand before a restart).
+
+    A shared PostgreSQL that cannot be reached does not stop a node: it serves its files and
+    pages, buffers votes, and says why in /ready until the database is back."""
+    try:
+        db = Database.open(config.store, "serve")
+    except STORE_ERRORS as error:
+        if not config.store.is_postgresql or not is_unreachable(error):
+            raise StartupError(
+                f"cannot open the database ({config.store.display}): {error}"
+            ) from None
+        log.error("database unreachable at start (%s): %s", config.store.display, error)
+        return
+    try:
+        refresh_root_index(repo, db)
+    finally:
+        db.close()
 
 
 def run_server(config: Config) -> int:
@@ -280,11 +298,7 @@ def run_server(config: Config) -> int:
         repo.create_folders()
         # Before any worker starts: each one's values land in this folder, summed at scrape.
         prepare_metrics_dir(repo.metrics_dir)
-        db = Database.open(config.repo_path)  # create or migrate the schema once, up front
-        try:
-            _ensure_root_index(repo, db)
-        finally:
-            db.close()
+        _prepare_store(config, repo)
         ssl_context = _ssl_context(config)
         host, port = config.listen_host_port
         _check_port_free(host, port)

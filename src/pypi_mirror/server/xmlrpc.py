@@ -14,13 +14,12 @@ import time
 import xmlrpc.client
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from xml.sax.saxutils import escape
 
 import defusedxml.ElementTree
 from defusedxml import DefusedXmlException
 
-from pypi_mirror.db import Database
+from pypi_mirror.db import Database, StoreLocation
 from pypi_mirror.server.http import Request, Response, text
 
 CACHE_SECONDS = 5.0
@@ -53,10 +52,10 @@ def parse_call(body: bytes) -> tuple[str, tuple[object, ...]] | None:
     return method, params
 
 
-def serials_response(db_path: Path) -> bytes:
+def serials_response(store: StoreLocation) -> bytes:
     """``list_packages_with_serial``'s answer, rendered directly (dumps is several times
     slower on 600k members)."""
-    db = Database(db_path)
+    db = Database(store, "serve")
     try:
         parts = ["<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n<value><struct>\n"]
         for name, serial in db.iter_serials_sorted():
@@ -70,8 +69,8 @@ def serials_response(db_path: Path) -> bytes:
     return "".join(parts).encode()
 
 
-def last_serial_response(db_path: Path) -> bytes:
-    db = Database(db_path)
+def last_serial_response(store: StoreLocation) -> bytes:
+    db = Database(store, "serve")
     try:
         serial = db.max_serial()
     finally:
@@ -80,12 +79,12 @@ def last_serial_response(db_path: Path) -> bytes:
 
 
 class XmlRpc:
-    def __init__(self, db_path: Path) -> None:
-        self.db_path = db_path
+    def __init__(self, store: StoreLocation) -> None:
+        self.store = store
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmlrpc")
         self._answers: dict[str, tuple[float, bytes]] = {}
         self._building: dict[str, asyncio.Future[bytes]] = {}
-        self._builders: dict[str, Callable[[Path], bytes]] = {
+        self._builders: dict[str, Callable[[StoreLocation], bytes]] = {
             "list_packages_with_serial": serials_response,
             "changelog_last_serial": last_serial_response,
         }
@@ -108,7 +107,7 @@ class XmlRpc:
             )
         return self._answer(method, builder)
 
-    async def _answer(self, method: str, builder: Callable[[Path], bytes]) -> Response:
+    async def _answer(self, method: str, builder: Callable[[StoreLocation], bytes]) -> Response:
         known = self._answers.get(method)
         if known is not None and time.monotonic() - known[0] < CACHE_SECONDS:
             return Response(200, [CONTENT_TYPE], known[1])
@@ -116,7 +115,7 @@ class XmlRpc:
         if pending is None:
             loop = asyncio.get_running_loop()
             pending = asyncio.ensure_future(
-                loop.run_in_executor(self.executor, builder, self.db_path)
+                loop.run_in_executor(self.executor, builder, self.store)
             )
             self._building[method] = pending
             pending.add_done_callback(lambda _f: self._building.pop(method, None))

@@ -1,8 +1,9 @@
-"""The SQLite store ``{repo_path}/pypi-mirror.db``: schema, migrations and every query.
+"""The store: every query, on the embedded SQLite file or on a shared PostgreSQL.
 
-Nothing outside this module writes SQL. WAL mode lets the server's workers read and write
-while `sync` runs; a long busy timeout makes concurrent writers wait instead of failing
-with "database is locked".
+Nothing outside this package writes SQL. Each query is written once and runs on both engines
+(connection.py adapts placeholders, transactions and bulk loads). On SQLite, WAL mode lets the
+server's workers read and write while `sync` runs and a long busy timeout makes concurrent
+writers wait instead of failing; on PostgreSQL any number of serve nodes write at once.
 
 File paths (the part after ``/packages/``) are interned in ``files`` so that millions of votes
 cost a few integers each rather than a 100-byte path.
@@ -10,74 +11,22 @@ cost a few integers each rather than a 100-byte path.
 
 from __future__ import annotations
 
-import sqlite3
+import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-DB_FILENAME = "pypi-mirror.db"
-BUSY_TIMEOUT_MS = 60_000
+from pypi_mirror.db.connection import Driver, SqliteDriver, connect
+from pypi_mirror.db.location import DB_FILENAME, StoreLocation
+from pypi_mirror.db.schema import MIGRATIONS, statements
 
-# Each entry migrates the schema from version i to i + 1. Append, never edit.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE files (
-        id   INTEGER PRIMARY KEY,
-        path TEXT NOT NULL UNIQUE
-    );
-    CREATE TABLE votes (
-        file_id INTEGER NOT NULL,
-        prefix  TEXT    NOT NULL,
-        time    INTEGER NOT NULL
-    );
-    CREATE INDEX votes_by_file ON votes (file_id, prefix, time);
-    CREATE INDEX votes_by_time ON votes (time);
-    CREATE TABLE serials (
-        name       TEXT PRIMARY KEY,
-        serial     INTEGER NOT NULL,
-        fetched_at REAL    NOT NULL,
-        on_demand  INTEGER NOT NULL DEFAULT 0
-    ) WITHOUT ROWID;
-    CREATE TABLE local_sizes (
-        file_id INTEGER PRIMARY KEY,
-        size    INTEGER NOT NULL,
-        tier    INTEGER NOT NULL
-    );
-    CREATE INDEX local_sizes_by_tier ON local_sizes (tier);
-    CREATE TABLE remote_sizes (
-        file_id    INTEGER PRIMARY KEY,
-        size       INTEGER,
-        checked_at REAL NOT NULL
-    );
-    CREATE TABLE settings (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    ) WITHOUT ROWID;
-    """,
-    # 1 -> 2: what the server answered, per hour (each worker adds its counts), and the
-    # runs of `sync`, for the status page and `pypi-mirror status`.
-    """
-    CREATE TABLE traffic_hourly (
-        hour     INTEGER NOT NULL,
-        route    TEXT    NOT NULL,
-        outcome  TEXT    NOT NULL,
-        status   INTEGER NOT NULL,
-        requests INTEGER NOT NULL,
-        bytes    INTEGER NOT NULL,
-        PRIMARY KEY (hour, route, outcome, status)
-    ) WITHOUT ROWID;
-    CREATE TABLE sync_runs (
-        id       INTEGER PRIMARY KEY,
-        started  REAL NOT NULL,
-        finished REAL NOT NULL,
-        result   TEXT NOT NULL,
-        summary  TEXT NOT NULL
-    );
-    """,
-]
+__all__ = ["DB_FILENAME", "Database", "LocalFile", "Vote"]
+
+# Rows per multi-row statement: 3 parameters each stays far below either engine's limit.
+ROWS_PER_STATEMENT = 1000
 
 
 class Vote(NamedTuple):
@@ -98,64 +47,77 @@ class LocalFile:
 class Database:
     """One connection to the store. Use one instance per thread."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = NORMAL")
-        self.conn.execute("PRAGMA foreign_keys = OFF")
-        self._migrate()
+    def __init__(self, where: StoreLocation | Path, role: str = "store") -> None:
+        # A bare path is an SQLite file (tests, tools); configured code passes config.store.
+        self.location = where if isinstance(where, StoreLocation) else StoreLocation.sqlite(where)
+        self._db: Driver = connect(self.location, role)
+        self.backend = self._db.backend
+        try:
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
 
     @classmethod
-    def open(cls, repo_path: Path) -> Database:
-        repo_path.mkdir(parents=True, exist_ok=True)
-        return cls(repo_path / DB_FILENAME)
+    def open(cls, location: StoreLocation, role: str = "store") -> Database:
+        """Open (creating an SQLite file's folder if need be) and migrate."""
+        if location.sqlite_path is not None:
+            location.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(location, role)
+
+    @classmethod
+    def in_repo(cls, repo_path: Path) -> Database:
+        """The embedded SQLite file of a repository (tools and tests; configured code opens
+        ``config.store``, which may be PostgreSQL)."""
+        return cls.open(StoreLocation.sqlite(repo_path / DB_FILENAME))
 
     def close(self) -> None:
-        self.conn.close()
+        self._db.close()
 
     def set_busy_timeout(self, seconds: float) -> None:
-        """How long a statement waits for another connection's write lock before it fails
-        with "database is locked" (the vote writer waits briefly and retries by itself)."""
-        self.conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+        """How long a statement waits for another connection's lock before it fails (the
+        vote writer waits briefly and retries by itself)."""
+        self._db.set_lock_wait(seconds)
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE: take the write lock up front so a busy wait happens here, once."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+    def transaction(self) -> Iterator[None]:
+        """One transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+        with self._db.transaction():
+            yield
+
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._db.execute(sql, params)
 
     # -- schema ----------------------------------------------------------------------------
 
     @property
     def schema_version(self) -> int:
-        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+        return self._db.schema_version()
+
+    @property
+    def needs_migration(self) -> bool:
+        return self.schema_version < len(MIGRATIONS)
 
     def _migrate(self) -> None:
         if self.schema_version >= len(MIGRATIONS):
             return
-        with self.transaction() as conn:
+        with self._db.transaction():
+            self._db.lock_for_migration()
             version = self.schema_version  # re-read under the lock: another process may have won
-            for script in MIGRATIONS[version:]:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            for migration in MIGRATIONS[version:]:
+                script = getattr(migration, self.backend)
+                for statement in statements(script):
+                    self._x(statement)
+            self._db.set_schema_version(len(MIGRATIONS))
 
     # -- settings --------------------------------------------------------------------------
 
     def get_setting(self, key: str) -> str | None:
-        row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        row = self._x("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
     def set_setting(self, key: str, value: str) -> None:
-        self.conn.execute(
+        self._x(
             "INSERT INTO settings (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
@@ -163,67 +125,83 @@ class Database:
 
     # -- files -----------------------------------------------------------------------------
 
-    def _file_ids(self, paths: Iterable[str]) -> dict[str, int]:
-        """Intern paths (inside the caller's transaction) and return their ids."""
-        unique = list(dict.fromkeys(paths))
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO files (path) VALUES (?)", ((p,) for p in unique)
-        )
-        ids: dict[str, int] = {}
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
+    def _lookup_ids(self, paths: list[str], ids: dict[str, int]) -> None:
+        for start in range(0, len(paths), ROWS_PER_STATEMENT):
+            chunk = paths[start : start + ROWS_PER_STATEMENT]
             marks = ",".join("?" * len(chunk))
-            for file_id, path in self.conn.execute(
+            for file_id, path in self._x(
                 f"SELECT id, path FROM files WHERE path IN ({marks})", chunk
             ):
-                ids[path] = file_id
+                ids[path] = int(file_id)
+
+    def _file_ids(self, paths: Iterable[str]) -> dict[str, int]:
+        """Intern paths (inside the caller's transaction) and return their ids. Only the new
+        ones are inserted, in sorted order: two nodes interning the same new paths at once
+        then wait for each other in the same order, never in a cycle."""
+        unique = sorted(set(paths))
+        ids: dict[str, int] = {}
+        self._lookup_ids(unique, ids)
+        missing = [path for path in unique if path not in ids]
+        if missing:
+            self._db.executemany(
+                "INSERT INTO files (path) VALUES (?) ON CONFLICT (path) DO NOTHING",
+                [(path,) for path in missing],
+            )
+            self._lookup_ids(missing, ids)
         return ids
 
     # -- votes -----------------------------------------------------------------------------
 
     def add_votes(self, votes: Iterable[tuple[str, str, float]], dedup_window: float) -> int:
         """Store ``(path, prefix, time)`` votes (``Vote`` or plain tuples), skipping a
-        (file, prefix) pair already recorded within the window.
+        (file, prefix) pair already recorded within the window, whoever recorded it.
 
-        Returns how many were stored. One transaction for the whole batch.
+        Returns how many were stored. One transaction for the whole batch: the window is
+        applied by a conditional upsert of ``vote_last`` (atomic, so votes sent at once by
+        several nodes for one pair count once), and the accepted votes are bulk-loaded.
         """
-        votes = list(votes)
-        if not votes:
+        rounds = _dedup_in_batch(votes, dedup_window)
+        if not rounds:
             return 0
-        stored = 0
-        with self.transaction() as conn:
-            ids = self._file_ids(vote[0] for vote in votes)
-            for path, prefix, when in votes:
-                file_id = ids[path]
-                moment = int(when)
-                recent = conn.execute(
-                    "SELECT 1 FROM votes WHERE file_id = ? AND prefix = ? AND time > ? LIMIT 1",
-                    (file_id, prefix, moment - dedup_window),
-                ).fetchone()
-                if recent is None:
-                    conn.execute(
-                        "INSERT INTO votes (file_id, prefix, time) VALUES (?, ?, ?)",
-                        (file_id, prefix, moment),
+        accepted: list[tuple[int, str, int]] = []
+        with self.transaction():
+            ids = self._file_ids(path for group in rounds for path, _, _ in group)
+            for group in rounds:
+                # Sorted by key: concurrent writers lock vote_last rows in one order.
+                rows = sorted((ids[path], prefix, moment) for path, prefix, moment in group)
+                for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                    chunk = rows[start : start + ROWS_PER_STATEMENT]
+                    marks = ",".join(["(?, ?, ?)"] * len(chunk))
+                    params = [value for row in chunk for value in row]
+                    accepted.extend(
+                        self._x(
+                            f"INSERT INTO vote_last (file_id, prefix, time) VALUES {marks} "
+                            "ON CONFLICT (file_id, prefix) DO UPDATE SET time = excluded.time "
+                            "WHERE vote_last.time <= excluded.time - ? "
+                            "RETURNING file_id, prefix, time",
+                            [*params, dedup_window],
+                        ).fetchall()
                     )
-                    stored += 1
-        return stored
+            if accepted:
+                self._db.copy_in("votes", ("file_id", "prefix", "time"), accepted)
+        return len(accepted)
 
     def votes_for(self, path: str) -> list[tuple[str, int]]:
         """(prefix, time) of every stored vote for one file, oldest first."""
-        return self.conn.execute(
+        return self._x(
             "SELECT v.prefix, v.time FROM votes v JOIN files f ON f.id = v.file_id "
             "WHERE f.path = ? ORDER BY v.time",
             (path,),
         ).fetchall()
 
     def vote_count(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0])
+        return int(self._x("SELECT COUNT(*) FROM votes").fetchone()[0])
 
     # -- serials ---------------------------------------------------------------------------
 
     def get_serial(self, name: str) -> tuple[int, float, bool] | None:
         """(serial, fetched_at, on_demand) of a project, or None if unknown."""
-        row = self.conn.execute(
+        row = self._x(
             "SELECT serial, fetched_at, on_demand FROM serials WHERE name = ?", (name,)
         ).fetchone()
         return None if row is None else (int(row[0]), float(row[1]), bool(row[2]))
@@ -231,7 +209,7 @@ class Database:
     def set_serial(
         self, name: str, serial: int, *, on_demand: bool = False, now: float | None = None
     ) -> None:
-        self.conn.execute(
+        self._x(
             "INSERT INTO serials (name, serial, fetched_at, on_demand) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET serial = excluded.serial, "
             "fetched_at = excluded.fetched_at, on_demand = excluded.on_demand",
@@ -239,50 +217,63 @@ class Database:
         )
 
     def delete_serial(self, name: str) -> None:
-        self.conn.execute("DELETE FROM serials WHERE name = ?", (name,))
+        self._x("DELETE FROM serials WHERE name = ?", (name,))
 
     def max_serial(self) -> int:
         """The highest project serial held (0 when none)."""
-        return int(self.conn.execute("SELECT COALESCE(MAX(serial), 0) FROM serials").fetchone()[0])
+        return int(self._x("SELECT COALESCE(MAX(serial), 0) FROM serials").fetchone()[0])
 
     def serials_signature(self) -> str:
         """Changes whenever a project is added, removed or its serial moves (serials only
         grow): tells whether the root index still lists what the table holds."""
-        count, top, total = self.conn.execute(
+        count, top, total = self._x(
             "SELECT COUNT(*), COALESCE(MAX(serial), 0), COALESCE(SUM(serial), 0) FROM serials"
         ).fetchone()
         return f"{count}:{top}:{total}"
 
     def iter_serials_sorted(self) -> Iterator[tuple[str, int]]:
         """Every known project with its serial, by name (for the root index)."""
-        yield from self.conn.execute("SELECT name, serial FROM serials ORDER BY name")
+        yield from self._x("SELECT name, serial FROM serials ORDER BY name")
 
     # -- local_sizes -----------------------------------------------------------------------
 
     def set_local_files(self, files: Iterable[LocalFile]) -> None:
         files = list(files)
-        with self.transaction() as conn:
+        with self.transaction():
             ids = self._file_ids(f.path for f in files)
-            conn.executemany(
+            self._db.executemany(
                 "INSERT INTO local_sizes (file_id, size, tier) VALUES (?, ?, ?) "
                 "ON CONFLICT (file_id) DO UPDATE SET size = excluded.size, tier = excluded.tier",
-                ((ids[f.path], f.size, f.tier) for f in files),
+                [(ids[f.path], f.size, f.tier) for f in files],
             )
 
     def delete_local_files(self, paths: Iterable[str]) -> None:
-        with self.transaction() as conn:
-            conn.executemany(
+        with self.transaction():
+            self._db.executemany(
                 "DELETE FROM local_sizes WHERE file_id = (SELECT id FROM files WHERE path = ?)",
-                ((p,) for p in paths),
+                [(p,) for p in paths],
             )
 
     def all_local_files(self) -> list[LocalFile]:
         return [
             LocalFile(path, int(size), int(tier))
-            for path, size, tier in self.conn.execute(
+            for path, size, tier in self._x(
                 "SELECT f.path, l.size, l.tier FROM local_sizes l JOIN files f ON f.id = l.file_id"
             )
         ]
+
+    def known_sizes(self, paths: Iterable[str]) -> dict[str, int]:
+        """Sizes of these paths the store knows: local ones, else the upstream's."""
+        wanted = set(paths)
+        found: dict[str, int] = {}
+        for table in ("remote_sizes", "local_sizes"):  # local last: it wins
+            for path, size in self._x(
+                f"SELECT f.path, t.size FROM {table} t JOIN files f ON f.id = t.file_id "
+                "WHERE t.size IS NOT NULL"
+            ):
+                if path in wanted:
+                    found[path] = int(size)
+        return found
 
     # -- remote_sizes ----------------------------------------------------------------------
 
@@ -291,13 +282,13 @@ class Database:
     ) -> None:
         now = time.time() if now is None else now
         sizes = list(sizes)
-        with self.transaction() as conn:
+        with self.transaction():
             ids = self._file_ids(p for p, _ in sizes)
-            conn.executemany(
+            self._db.executemany(
                 "INSERT INTO remote_sizes (file_id, size, checked_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (file_id) DO UPDATE SET size = excluded.size, "
                 "checked_at = excluded.checked_at",
-                ((ids[p], size, now) for p, size in sizes),
+                [(ids[p], size, now) for p, size in sizes],
             )
 
     # -- traffic and sync runs (status page, /metrics, `pypi-mirror status`) ---------------
@@ -306,48 +297,49 @@ class Database:
 
     def add_traffic(self, rows: Iterable[tuple[int, str, str, int, int, int]]) -> None:
         """Add (hour, route, outcome, status, requests, bytes) counts to the hourly rows."""
-        with self.transaction() as conn:
-            conn.executemany(
+        with self.transaction():
+            self._db.executemany(
                 "INSERT INTO traffic_hourly (hour, route, outcome, status, requests, bytes) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (hour, route, outcome, status) DO UPDATE "
-                "SET requests = requests + excluded.requests, bytes = bytes + excluded.bytes",
+                "SET requests = traffic_hourly.requests + excluded.requests, "
+                "bytes = traffic_hourly.bytes + excluded.bytes",
                 rows,
             )
 
     def traffic_since(self, hour: int) -> list[tuple[int, str, str, int, int, int]]:
         """(hour, route, outcome, status, requests, bytes) of every hour from ``hour`` on."""
-        return self.conn.execute(
+        return self._x(
             "SELECT hour, route, outcome, status, requests, bytes FROM traffic_hourly "
             "WHERE hour >= ? ORDER BY hour",
             (hour,),
         ).fetchall()
 
     def delete_traffic_before(self, hour: int) -> int:
-        return self.conn.execute("DELETE FROM traffic_hourly WHERE hour < ?", (hour,)).rowcount
+        return self._x("DELETE FROM traffic_hourly WHERE hour < ?", (hour,)).rowcount
 
     def add_sync_run(self, started: float, finished: float, result: str, summary: str) -> None:
         """Record one `sync` run (``summary``: a JSON object of its counts); keeps the last
         SYNC_RUNS_KEPT."""
-        with self.transaction() as conn:
-            conn.execute(
+        with self.transaction():
+            self._x(
                 "INSERT INTO sync_runs (started, finished, result, summary) VALUES (?, ?, ?, ?)",
                 (started, finished, result, summary),
             )
-            conn.execute(
+            self._x(
                 "DELETE FROM sync_runs WHERE id <= (SELECT MAX(id) FROM sync_runs) - ?",
                 (self.SYNC_RUNS_KEPT,),
             )
 
     def sync_runs(self, limit: int) -> list[tuple[float, float, str, str]]:
         """(started, finished, result, summary) of the last ``limit`` runs, newest first."""
-        return self.conn.execute(
+        return self._x(
             "SELECT started, finished, result, summary FROM sync_runs ORDER BY id DESC LIMIT ?",
             (limit,),
         ).fetchall()
 
     def last_sync_run(self, result: str) -> tuple[float, float, str, str] | None:
         """The newest run that ended with ``result`` (e.g. "ok")."""
-        return self.conn.execute(
+        return self._x(
             "SELECT started, finished, result, summary FROM sync_runs WHERE result = ? "
             "ORDER BY id DESC LIMIT 1",
             (result,),
@@ -355,18 +347,18 @@ class Database:
 
     def local_usage(self) -> list[tuple[int, int, int]]:
         """(tier, files, bytes) of the files recorded in local_sizes, per tier."""
-        return self.conn.execute(
+        return self._x(
             "SELECT tier, COUNT(*), COALESCE(SUM(size), 0) FROM local_sizes GROUP BY tier"
         ).fetchall()
 
     def most_voted_files(self, since: float, limit: int) -> list[tuple[str, int]]:
         """(path, votes) of the ``limit`` files with the most votes since ``since``."""
-        return self.conn.execute(
+        return self._x(
             "SELECT f.path, v.votes FROM ("
             "  SELECT file_id, COUNT(*) AS votes FROM votes WHERE time >= ? "
             "  GROUP BY file_id ORDER BY votes DESC LIMIT ?"
             ") v JOIN files f ON f.id = v.file_id ORDER BY v.votes DESC",
-            (since, limit),
+            (_whole(since), limit),
         ).fetchall()
 
     # -- cache management ------------------------------------------------------------------
@@ -394,7 +386,7 @@ class Database:
         """Every row of local_sizes: path -> (size, tier)."""
         return {
             path: (size, tier)
-            for path, size, tier in self.conn.execute(
+            for path, size, tier in self._x(
                 "SELECT f.path, l.size, l.tier FROM local_sizes l JOIN files f ON f.id = l.file_id"
             )
         }
@@ -402,25 +394,46 @@ class Database:
     def vote_totals(self, since: float) -> Iterator[tuple[str, int, int, int | None, float | None]]:
         """Every file voted for since ``since``: (path, votes, distinct prefixes, remote size,
         remote size checked_at). One pass over the covering index ``votes_by_file``."""
-        return self.conn.execute(
+        return self._x(
             "SELECT f.path, v.votes, v.prefixes, r.size, r.checked_at FROM ("
             "  SELECT file_id, COUNT(*) AS votes, COUNT(DISTINCT prefix) AS prefixes"
             "  FROM votes WHERE time >= ? GROUP BY file_id"
             ") v JOIN files f ON f.id = v.file_id "
             "LEFT JOIN remote_sizes r ON r.file_id = v.file_id",
-            (since,),
+            (_whole(since),),
         )
 
     def count_votes_before(self, cutoff: float) -> int:
-        row = self.conn.execute("SELECT COUNT(*) FROM votes WHERE time < ?", (cutoff,))
+        row = self._x("SELECT COUNT(*) FROM votes WHERE time < ?", (_whole(cutoff),))
         return int(row.fetchone()[0])
 
     def delete_votes_before(self, cutoff: float) -> int:
-        def delete_slice(conn: sqlite3.Connection, limit: int) -> int:
-            return conn.execute(
-                "DELETE FROM votes WHERE rowid IN (SELECT rowid FROM votes WHERE time < ? LIMIT ?)",
-                (cutoff, limit),
-            ).rowcount
+        return self._delete_sliced("votes", "time < ?", (_whole(cutoff),))
+
+    def delete_vote_marks_before(self, cutoff: float) -> int:
+        """Forget the newest-vote mark of pairs not voted for since ``cutoff`` (which must be
+        older than the dedup window: a mark inside it still suppresses duplicates)."""
+        return self._delete_sliced("vote_last", "time < ?", (_whole(cutoff),))
+
+    def _delete_sliced(self, table: str, where: str, params: tuple[int | float, ...]) -> int:
+        """Delete ``table``'s rows matching ``where`` a slice at a time (see _Slicer)."""
+        if self.backend == "postgresql":
+            # By physical row address: each slice is an index range scan plus TID lookups.
+            sql = (
+                f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+                f"SELECT ctid FROM {table} WHERE {where} LIMIT ?))"
+            )
+        else:
+            key, columns = ("(file_id, prefix)", "file_id, prefix")  # WITHOUT ROWID
+            if table != "vote_last":
+                key = columns = "rowid"
+            sql = (
+                f"DELETE FROM {table} WHERE {key} IN "
+                f"(SELECT {columns} FROM {table} WHERE {where} LIMIT ?)"
+            )
+
+        def delete_slice(limit: int) -> int:
+            return int(self._x(sql, (*params, limit)).rowcount)
 
         deleted = 0
         with self._cleanup_mode() as slicer:
@@ -431,7 +444,7 @@ class Database:
                     return deleted
 
     def count_remote_sizes_before(self, cutoff: float) -> int:
-        row = self.conn.execute("SELECT COUNT(*) FROM remote_sizes WHERE checked_at < ?", (cutoff,))
+        row = self._x("SELECT COUNT(*) FROM remote_sizes WHERE checked_at < ?", (cutoff,))
         return int(row.fetchone()[0])
 
     def delete_remote_sizes_before(self, cutoff: float) -> int:
@@ -444,12 +457,15 @@ class Database:
         )
 
     def delete_unreferenced_files(self) -> int:
-        """Drop interned paths that no vote, local size or remote size refers to any more.
+        """Drop interned paths that no vote, vote mark, local size or remote size refers to.
 
         Found without the lock; deleted under it only if still unreferenced (a vote writer
-        may have used the path in between)."""
+        may have used the path in between). On PostgreSQL, where writers do not queue for one
+        lock, each slice first waits for the vote transactions in flight (a SHARE lock on
+        vote_last, which every vote transaction writes): the re-check then sees their votes."""
         unreferenced = (
             "NOT EXISTS (SELECT 1 FROM votes WHERE file_id = files.id) "
+            "AND NOT EXISTS (SELECT 1 FROM vote_last WHERE file_id = files.id) "
             "AND NOT EXISTS (SELECT 1 FROM local_sizes WHERE file_id = files.id) "
             "AND NOT EXISTS (SELECT 1 FROM remote_sizes WHERE file_id = files.id)"
         )
@@ -457,29 +473,40 @@ class Database:
             f"SELECT id FROM files WHERE id > ? AND {unreferenced} ORDER BY id LIMIT ?",
             f"DELETE FROM files WHERE id = ? AND {unreferenced}",
             (),
+            quiesce="vote_last",
         )
 
-    def _scan_and_delete(self, scan: str, delete: str, extra: tuple[float, ...]) -> int:
+    def _scan_and_delete(
+        self, scan: str, delete: str, extra: tuple[float, ...], quiesce: str | None = None
+    ) -> int:
         """``scan`` (params: last id, *extra, limit) lists ids in order, read outside any write
         transaction; ``delete`` (params: id, *extra) removes one if it still qualifies."""
         deleted = 0
         last = 0
         with self._cleanup_mode() as slicer:
             while True:
-                ids = [row[0] for row in self.conn.execute(scan, (last, *extra, self.CLEANUP_SCAN))]
-                deleted += self._delete_ids(slicer, delete, ids, extra)
+                ids = [row[0] for row in self._x(scan, (last, *extra, self.CLEANUP_SCAN))]
+                deleted += self._delete_ids(slicer, delete, ids, extra, quiesce)
                 if len(ids) < self.CLEANUP_SCAN:
                     return deleted
                 last = ids[-1]
 
-    @staticmethod
-    def _delete_ids(slicer: _Slicer, delete: str, ids: list[int], extra: tuple[float, ...]) -> int:
+    def _delete_ids(
+        self,
+        slicer: _Slicer,
+        delete: str,
+        ids: list[int],
+        extra: tuple[float, ...],
+        quiesce: str | None,
+    ) -> int:
         deleted = 0
         position = 0
 
-        def delete_slice(conn: sqlite3.Connection, limit: int) -> int:
+        def delete_slice(limit: int) -> int:
+            if quiesce is not None:
+                self._db.lock_shared(quiesce)
             chunk = ids[position : position + limit]
-            return conn.executemany(delete, ((i, *extra) for i in chunk)).rowcount
+            return self._db.executemany(delete, [(i, *extra) for i in chunk])
 
         while position < len(ids):
             count, limit = slicer.run(delete_slice)
@@ -489,17 +516,48 @@ class Database:
 
     @contextmanager
     def _cleanup_mode(self) -> Iterator[_Slicer]:
-        """A large page cache, and checkpoints by the slicer, outside the lock (an automatic
-        one would run inside COMMIT and be counted as the slice's time)."""
-        cache = self.conn.execute("PRAGMA cache_size").fetchone()[0]
-        autocheckpoint = self.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-        self.conn.execute(f"PRAGMA cache_size = -{self.CLEANUP_CACHE_KIB}")
-        self.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        """SQLite: a large page cache, and checkpoints by the slicer, outside the lock (an
+        automatic one would run inside COMMIT and be counted as the slice's time)."""
+        db = self._db
+        if not isinstance(db, SqliteDriver):
+            yield _Slicer(self)
+            return
+        cache = db.pragma("cache_size")
+        autocheckpoint = db.pragma("wal_autocheckpoint")
+        db.pragma("cache_size", -self.CLEANUP_CACHE_KIB)
+        db.pragma("wal_autocheckpoint", 0)
         try:
             yield _Slicer(self)
         finally:
-            self.conn.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
-            self.conn.execute(f"PRAGMA cache_size = {int(cache)}")
+            db.pragma("wal_autocheckpoint", autocheckpoint)
+            db.pragma("cache_size", cache)
+
+
+def _whole(moment: float) -> int:
+    """A time bound for the integer ``time`` columns: ``time >= x`` is ``time >= ceil(x)``,
+    and an integer parameter lets PostgreSQL use the index (bigint against a float cannot)."""
+    return math.ceil(moment)
+
+
+def _dedup_in_batch(
+    votes: Iterable[tuple[str, str, float]], dedup_window: float
+) -> list[list[tuple[str, str, int]]]:
+    """The batch's own duplicates removed by the window rule, as rounds: the n-th vote kept
+    for a pair goes to round n (an upsert may touch a row once per statement)."""
+    kept: dict[tuple[str, str], tuple[int, int]] = {}  # pair -> (last kept time, its round)
+    rounds: list[list[tuple[str, str, int]]] = []
+    for path, prefix, when in votes:
+        moment = int(when)
+        pair = (path, prefix)
+        last = kept.get(pair)
+        if last is not None and last[0] > moment - dedup_window:
+            continue
+        number = 0 if last is None else last[1] + 1
+        kept[pair] = (moment, number)
+        if number == len(rounds):
+            rounds.append([])
+        rounds[number].append((path, prefix, moment))
+    return rounds
 
 
 class _Slicer:
@@ -511,23 +569,24 @@ class _Slicer:
         self.limit = db.CLEANUP_FIRST_SLICE
         self._since_checkpoint = 0
 
-    def run(self, work: Callable[[sqlite3.Connection, int], int]) -> tuple[int, int]:
-        """``work(conn, limit)`` deletes at most ``limit`` rows and returns how many it did.
-        Returns (that count, the limit it was given)."""
+    def run(self, work: Callable[[int], int]) -> tuple[int, int]:
+        """``work(limit)`` deletes at most ``limit`` rows (inside the slice's transaction) and
+        returns how many it did. Returns (that count, the limit it was given)."""
         db = self._db
         limit = self.limit
-        with db.transaction() as conn:
+        with db.transaction():
             started = time.monotonic()  # after BEGIN: waiting for the lock is not holding it
-            count = work(conn, limit)
+            count = work(limit)
         held = time.monotonic() - started
         self._since_checkpoint += count
         if self._since_checkpoint >= db.CLEANUP_CHECKPOINT_ROWS:
-            db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            db._db.checkpoint()
             self._since_checkpoint = 0
         if count >= limit:  # a full slice: a fair measure of the rate
             scaled = limit * db.CLEANUP_HOLD / max(held, 0.001)
             # At most double or halve per step: one slow or fast slice is not a trend.
             scaled = min(max(scaled, limit / 2), limit * 2)
             self.limit = int(min(max(scaled, 100), db.CLEANUP_MAX_SLICE))
-        time.sleep(db.CLEANUP_PAUSE)
+        if db.backend == "sqlite":  # PostgreSQL writers do not wait for one write lock
+            time.sleep(db.CLEANUP_PAUSE)
         return count, limit

@@ -1,0 +1,275 @@
+"""One connection to either backend, behind the few operations the store needs.
+
+Queries are written once, with ``?`` placeholders, in SQL both engines accept; the PostgreSQL
+driver turns ``?`` into psycopg's ``%s``. What genuinely differs (locking, schema version,
+bulk load, error kinds) is a method here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from pypi_mirror.db.location import StoreLocation
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 60_000
+# A PostgreSQL server that does not answer a connect within this is reported unreachable
+# (the serve paths must not hang on it).
+CONNECT_TIMEOUT = 5
+# Advisory lock keys (any two 32-bit numbers unlikely to collide with another application's).
+LOCK_NAMESPACE = 0x50595049  # "PYPI"
+MIGRATION_LOCK = 1
+SYNC_LOCK = 2
+
+# What a store operation may raise, whichever the backend.
+STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+SQLITE_FULL = 13  # "database or disk is full"
+
+
+def is_busy(error: BaseException) -> bool:
+    """Another writer holds the lock (SQLite's single writer): worth retrying at once."""
+    if isinstance(error, sqlite3.OperationalError):
+        code = getattr(error, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        return "locked" in str(error)
+    return isinstance(error, psycopg.errors.LockNotAvailable | psycopg.errors.DeadlockDetected)
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """The database server cannot be reached (down, restarting, network): worth waiting for."""
+    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+        return not isinstance(error, psycopg.errors.LockNotAvailable)
+    return isinstance(error, psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) == SQLITE_FULL
+    return isinstance(error, psycopg.errors.DiskFull)
+
+
+def application_name(role: str) -> str:
+    """How this process shows in pg_stat_activity (and in "who holds the sync lock")."""
+    return f"pypi-mirror {role} on {socket.gethostname()} pid {os.getpid()}"[:63]
+
+
+class SqliteDriver:
+    backend = "sqlite"
+
+    def __init__(self, location: StoreLocation, role: str) -> None:
+        assert location.sqlite_path is not None
+        self.location = location
+        self.conn = sqlite3.connect(
+            str(location.sqlite_path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+        )
+        self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.conn.execute("PRAGMA foreign_keys = OFF")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        return self.conn.executemany(sql, rows).rowcount
+
+    def copy_in(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        marks = ", ".join("?" * len(columns))
+        self.conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE: take the write lock up front so a busy wait happens here, once."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def set_lock_wait(self, seconds: float) -> None:
+        self.conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
+    def schema_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def set_schema_version(self, version: int) -> None:
+        self.conn.execute(f"PRAGMA user_version = {int(version)}")
+
+    def lock_for_migration(self) -> None:
+        """Inside the migration's transaction: BEGIN IMMEDIATE already serialises writers."""
+
+    def pragma(self, name: str, value: int | None = None) -> int | None:
+        if value is None:
+            return int(self.conn.execute(f"PRAGMA {name}").fetchone()[0])
+        self.conn.execute(f"PRAGMA {name} = {int(value)}")
+        return None
+
+    def checkpoint(self) -> None:
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def lock_shared(self, table: str) -> None:
+        """Inside a transaction: BEGIN IMMEDIATE already excludes every other writer."""
+
+
+class PostgresDriver:
+    """psycopg 3 in autocommit mode: a statement outside ``transaction()`` commits by itself,
+    as with SQLite's ``isolation_level=None``. A connection broken by a server restart is
+    replaced at the next call, so a long-lived store recovers by itself."""
+
+    backend = "postgresql"
+
+    def __init__(self, location: StoreLocation, role: str) -> None:
+        self.location = location
+        self._role = role
+        self._lock_wait: float | None = None
+        self._translated: dict[str, str] = {}
+        self.conn = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        extra: dict[str, Any] = {}
+        password = self.location.password()
+        if password is not None:
+            extra["password"] = password
+        conn = psycopg.connect(
+            self.location.url or "",
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name=application_name(self._role),
+            **extra,
+        )
+        if self._lock_wait is not None:
+            conn.execute(f"SET lock_timeout = {int(self._lock_wait * 1000)}")
+        return conn
+
+    def _live(self) -> psycopg.Connection[Any]:
+        if self.conn.closed or self.conn.broken:
+            self.conn.close()
+            self.conn = self._connect()
+        return self.conn
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _sql(self, sql: str) -> str:
+        translated = self._translated.get(sql)
+        if translated is None:
+            translated = self._translated[sql] = sql.replace("?", "%s")
+        return translated
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._live().execute(self._sql(sql), params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        with self._live().cursor() as cursor:
+            cursor.executemany(self._sql(sql), list(rows))
+            return cursor.rowcount
+
+    def copy_in(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """COPY: the bulk path, several times faster than INSERTs for a batch of votes."""
+        statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+        with self._live().cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._live().transaction():
+            yield
+
+    def set_lock_wait(self, seconds: float) -> None:
+        self._lock_wait = seconds
+        self.execute(f"SET lock_timeout = {int(seconds * 1000)}")
+
+    def schema_version(self) -> int:
+        exists = self.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]
+        if not exists:
+            return 0
+        row = self.execute("SELECT version FROM schema_version").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def set_schema_version(self, version: int) -> None:
+        self.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        self.execute("DELETE FROM schema_version")
+        self.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+    def lock_for_migration(self) -> None:
+        """Inside the migration's transaction: nodes starting together migrate one at a time
+        (released at COMMIT)."""
+        self.execute("SELECT pg_advisory_xact_lock(?, ?)", (LOCK_NAMESPACE, MIGRATION_LOCK))
+
+    def pragma(self, name: str, value: int | None = None) -> int | None:
+        return None  # SQLite tuning only
+
+    def checkpoint(self) -> None:
+        """PostgreSQL checkpoints by itself."""
+
+    def lock_shared(self, table: str) -> None:
+        """Inside a transaction: wait for the table's writers in flight, and keep new ones
+        out until COMMIT."""
+        self.execute(f"LOCK TABLE {table} IN SHARE MODE")
+
+
+Driver = SqliteDriver | PostgresDriver
+
+
+def connect(location: StoreLocation, role: str = "store") -> Driver:
+    if location.is_postgresql:
+        return PostgresDriver(location, role)
+    return SqliteDriver(location, role)
+
+
+def wait_for(location: StoreLocation, timeout: float, role: str = "store") -> Driver:
+    """Connect, retrying for up to ``timeout`` seconds while the server is unreachable."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return connect(location, role)
+        except psycopg.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
+def probe(location: StoreLocation, timeout: float) -> str | None:
+    """Why the store cannot be read now, or None. A new connection each time: a long-lived
+    one would keep reading an SQLite file deleted or replaced under it, or hide that a
+    PostgreSQL server stopped accepting new connections."""
+    try:
+        if location.sqlite_path is not None:
+            uri = f"{location.sqlite_path.absolute().as_uri()}?mode=ro"
+            sqlite_conn = sqlite3.connect(uri, uri=True, timeout=timeout)
+            try:
+                sqlite_conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                sqlite_conn.execute("SELECT 1 FROM settings LIMIT 1").fetchall()
+            finally:
+                sqlite_conn.close()
+            return None
+        password = location.password()
+        extra = {} if password is None else {"password": password}
+        with psycopg.connect(
+            location.url or "",
+            autocommit=True,
+            connect_timeout=max(1, int(timeout)),
+            application_name=application_name("ready probe"),
+            **extra,
+        ) as pg_conn:
+            pg_conn.execute("SELECT 1 FROM settings LIMIT 1").fetchall()
+        return None
+    except (*STORE_ERRORS, OSError) as error:
+        return f"database not readable ({location.display}): {str(error).strip()}"

@@ -1,0 +1,133 @@
+"""Named locks that one process at a time may hold: for the whole of `sync`, and for the
+cache (phases A–E, `cache purge`, `cache prewarm`).
+
+On the embedded SQLite store every process is on one host: an ``flock`` on a file in the
+repository. On PostgreSQL the processes may be on any host: a session-level advisory lock,
+held by a connection of its own for as long as the block runs and released by the server
+when that connection ends, however the process ends. A refused caller is told who holds it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pypi_mirror.db.connection import CONNECT_TIMEOUT, LOCK_NAMESPACE, application_name
+from pypi_mirror.db.location import StoreLocation
+
+POLL = 0.2
+
+
+@dataclass(frozen=True)
+class NamedLock:
+    key: int  # the PostgreSQL advisory lock's second key
+    filename: str  # the SQLite store's lock file, in the repository
+
+
+SYNC = NamedLock(2, ".index.lock")
+CACHE = NamedLock(3, ".cache.lock")
+
+
+@dataclass
+class Held:
+    held: bool
+    holder: str = ""  # who holds it, when not held
+
+
+@contextmanager
+def exclusive(
+    store: StoreLocation, repo_root: Path, lock: NamedLock, role: str, wait: float = 0.0
+) -> Iterator[Held]:
+    """Hold ``lock`` for the block; ``Held(False, holder)`` when another process kept it for
+    ``wait`` seconds (0: one try)."""
+    if store.is_postgresql:
+        with _advisory(store, lock, role, wait) as held:
+            yield held
+    else:
+        with _flock(repo_root / lock.filename, role, wait) as held:
+            yield held
+
+
+@contextmanager
+def _flock(path: Path, role: str, wait: float) -> Iterator[Held]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait
+    with open(path, "a+") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process on this host"
+                    yield Held(False, holder)
+                    return
+                time.sleep(POLL)
+        # Who holds it, for the next one refused (rewritten in place: the lock is ours).
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pypi-mirror {role} on {socket.gethostname()} pid {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield Held(True)
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _advisory(store: StoreLocation, lock: NamedLock, role: str, wait: float) -> Iterator[Held]:
+    extra: dict[str, Any] = {}
+    password = store.password()
+    if password is not None:
+        extra["password"] = password
+    deadline = time.monotonic() + wait
+    with psycopg.connect(
+        store.url or "",
+        autocommit=True,
+        connect_timeout=CONNECT_TIMEOUT,
+        application_name=application_name(role),
+        **extra,
+    ) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, lock.key)
+            ).fetchone()
+            if row is not None and row[0]:
+                break
+            if time.monotonic() >= deadline:
+                yield Held(False, _holder(conn, lock))
+                return
+            time.sleep(POLL)
+        try:
+            yield Held(True)
+        finally:
+            if not conn.closed and not conn.broken:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, lock.key))
+
+
+def _holder(conn: psycopg.Connection[Any], lock: NamedLock) -> str:
+    row = conn.execute(
+        "SELECT a.application_name, host(a.client_addr), "
+        "to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ') "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted "
+        "AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.objsubid = 2",
+        (LOCK_NAMESPACE, lock.key),
+    ).fetchone()
+    if row is None:  # released in between
+        return "another process (it has just released it)"
+    name, address, since = row
+    where = f" from {address}" if address else ""
+    return f"{name or 'a client'}{where}, connected since {since}"
