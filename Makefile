@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run sync test lint browser postgres bench-serve bench-sync bench-cache clean
+.PHONY: run sync test lint browser postgres bench-serve bench-sync bench-cache bench-votes clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -65,6 +65,9 @@ bench-sync: $(STAMP)
 
 bench-cache: $(STAMP)
 	benchmarks/cache
+
+bench-votes: $(STAMP)
+	benchmarks/votes
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -4,6 +4,9 @@
 sizes, no blocks). Run 1 starts from an empty ``local_sizes`` table (so the inventory stats
 every file); run 2 follows with nothing changed. Neither downloads, moves or deletes anything:
 the seed puts every local file where the plan wants it and leaves no room for more.
+
+``--database postgresql`` (or ``both``) runs the same on a PostgreSQL server of its own
+(durable settings, see bench_pg.py) holding the same rows, through ``database.url``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench_pg import BenchPostgres
+
+from cache_bench.pgseed import SEED_DB, build_pg
 from cache_bench.seed import FILES, VOTES, World, build
 from pypi_mirror.cache.manager import PHASES, run_cache_management
 from pypi_mirror.cache.report import CacheResult
@@ -46,6 +52,11 @@ class PhasePeaks:
     cpu: dict[str, float] = field(default_factory=dict)  # user + system seconds per phase
     _stop: threading.Event = field(default_factory=threading.Event)
     _cpu_mark: float = 0.0
+    # PostgreSQL: the server's processes (PSS added up) and CPU, per phase.
+    server: BenchPostgres | None = None
+    server_peaks: dict[str, int] = field(default_factory=dict)
+    server_cpu: dict[str, float] = field(default_factory=dict)
+    _server_cpu_mark: float = 0.0
 
     def enter(self, phase: str) -> None:
         self._record()
@@ -53,6 +64,11 @@ class PhasePeaks:
         if self.phase:
             self.cpu[self.phase] = moment - self._cpu_mark
         self._cpu_mark = moment
+        if self.server is not None:
+            server_moment = self.server.cpu_seconds()
+            if self.phase:
+                self.server_cpu[self.phase] = server_moment - self._server_cpu_mark
+            self._server_cpu_mark = server_moment
         self.phase = phase
         self._record()
 
@@ -64,14 +80,27 @@ class PhasePeaks:
         while not self._stop.wait(self.interval):
             self._record()
 
+    def _run_server(self) -> None:
+        # Reading every process's smaps_rollup costs a few ms: sampled less often.
+        assert self.server is not None
+        while not self._stop.wait(0.1):
+            phase = self.phase
+            if phase:
+                used = self.server.memory_bytes()
+                self.server_peaks[phase] = max(self.server_peaks.get(phase, 0), used)
+
     def __enter__(self) -> PhasePeaks:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, daemon=True)]
+        if self.server is not None:
+            self._threads.append(threading.Thread(target=self._run_server, daemon=True))
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
 
 class NeverStop:
@@ -79,18 +108,24 @@ class NeverStop:
         return False
 
 
-def prepare(world: World) -> Path:
+def prepare(world: World, server: BenchPostgres | None) -> tuple[Path, str | None]:
+    """The run's repository folder and (PostgreSQL) its database, fresh copies of the seed."""
     repo_path = world.work / "run"
     shutil.rmtree(repo_path, ignore_errors=True)
     repo_path.mkdir()
-    shutil.copyfile(world.seed_db, repo_path / DB_FILENAME)
-    return repo_path
+    if server is None:
+        shutil.copyfile(world.seed_db, repo_path / DB_FILENAME)
+        return repo_path, None
+    return repo_path, server.fresh_database("run", template=SEED_DB)
 
 
-def run_once(world: World, repo_path: Path) -> tuple[CacheResult, PhasePeaks, float]:
+def run_once(
+    world: World, repo_path: Path, url: str | None, server: BenchPostgres | None
+) -> tuple[CacheResult, PhasePeaks, float]:
     config = config_from_dict(
         {
             "repo_path": str(repo_path),
+            **({"database": {"url": url}} if url else {}),
             # Nothing listens there: a request the benchmark should not make fails at once.
             "upstream": {"pypi_url": "http://127.0.0.1:9", "packages_url": "http://127.0.0.1:9"},
             "cache": {
@@ -106,9 +141,9 @@ def run_once(world: World, repo_path: Path) -> tuple[CacheResult, PhasePeaks, fl
     )
     gc.collect()
     os.sync()  # the previous run's (or the copy's) writeback must not be billed to this one
-    db = Database.in_repo(repo_path)
+    db = Database.open(config.store)
     repo = Repo(config)
-    with PhasePeaks() as peaks:
+    with PhasePeaks(server=server) as peaks:
         started = time.perf_counter()
         result = asyncio.run(
             run_cache_management(
@@ -137,26 +172,37 @@ def check(result: CacheResult, label: str) -> list[str]:
     return problems
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rebuild", action="store_true", help="rebuild the seeded world")
-    args = parser.parse_args()
-    work = Path(__file__).resolve().parent.parent / ".work" / "cache"
-    if args.rebuild:
-        shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True, exist_ok=True)
-    world = build(work, log=lambda line: print(line, flush=True))
-    repo_path = prepare(world)
-    first, first_peaks, first_total = run_once(world, repo_path)
-    second, second_peaks, second_total = run_once(world, repo_path)
+def run_backend(world: World, backend: str) -> bool:
+    """Two runs on one backend; prints their table. True when every goal is met."""
+    server: BenchPostgres | None = None
+    seeding: dict[str, float] = {}
+    if backend == "postgresql":
+        server = BenchPostgres("cache-pg", world.work.parent)
+        server.start(log=lambda line: print(line, flush=True))
+        seeding = build_pg(world, server, log=lambda line: print(line, flush=True))
+    try:
+        repo_path, url = prepare(world, server)
+        first, first_peaks, first_total = run_once(world, repo_path, url, server)
+        second, second_peaks, second_total = run_once(world, repo_path, url, server)
+    finally:
+        if server is not None:
+            server.stop()
 
     mib = 1 << 20
     load = os.getloadavg()[0]
     print()
     print(
-        f"cache management: {VOTES:,} votes, {FILES:,} files, {world.local_files:,} on disk, "
-        f"two tiers ({os.cpu_count()} CPUs, load average {load:.1f} at the end)"
+        f"cache management on {backend}: {VOTES:,} votes, {FILES:,} files, "
+        f"{world.local_files:,} on disk, two tiers ({os.cpu_count()} CPUs, load average "
+        f"{load:.1f} at the end)"
     )
+    if server is not None:
+        print(f"  {server.note}")
+        print(
+            f"  seed: COPY {seeding.get('copy', 0):.0f} s, indexes {seeding.get('index', 0):.0f} s,"
+            f" VACUUM ANALYZE {seeding.get('vacuum_analyze', 0):.0f} s (not measured below; "
+            f"database {seeding.get('size_bytes', 0) / mib:,.0f} MiB); each run on a file copy"
+        )
     print(f"{'':<24}{'---------- run 1 ----------':>30}{'- run 2 (nothing changed) -':>30}")
     print(f"{'phase':<24}" + f"{'wall s':>10}{'CPU s':>10}{'peak MiB':>10}" * 2)
     names = {
@@ -179,6 +225,21 @@ def main() -> int:
         row += f"{total:>10.2f}{sum(peaks.cpu.values()):>10.2f}"
         row += f"{max(peaks.peaks.values()) / mib:>10.0f}"
     print(row)
+    if server is not None:
+        print()
+        print("PostgreSQL server, all its processes (CPU s; peak memory: PSS added up, MiB)")
+        print(f"{'phase':<24}" + f"{'':>10}{'CPU s':>10}{'PSS MiB':>10}" * 2)
+        for phase in [*PHASES, ""]:
+            row = f"{names.get(phase, 'whole A-E'):<24}"
+            for peaks in (first_peaks, second_peaks):
+                cpu = peaks.server_cpu.get(phase) if phase else sum(peaks.server_cpu.values())
+                used = (
+                    peaks.server_peaks.get(phase, 0)
+                    if phase
+                    else max(peaks.server_peaks.values(), default=0)
+                )
+                row += f"{'':>10}{cpu or 0:>10.2f}{used / mib:>10.0f}"
+            print(row)
     print()
     for label, result in (("run 1", first), ("run 2", second)):
         print(
@@ -200,7 +261,30 @@ def main() -> int:
         print(f"  [{'ok' if met else 'MISSED'}] {goal}")
     for problem in problems:
         print(f"  {problem}")
-    return 0 if all(met for _goal, met in goals) else 1
+    print(flush=True)
+    return all(met for _goal, met in goals)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the seeded world")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql", "both"),
+        default="sqlite",
+        help="the store to run on (postgresql: a server of its own under benchmarks/.work/)",
+    )
+    args = parser.parse_args()
+    work = Path(__file__).resolve().parent.parent / ".work" / "cache"
+    if args.rebuild:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    world = build(work, log=lambda line: print(line, flush=True))
+    backends = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
+    ok = True
+    for backend in backends:
+        ok = run_backend(world, backend) and ok
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
