@@ -765,12 +765,12 @@ async def test_dry_run_prints_the_plan_and_changes_nothing(world: World) -> None
     world.vote(junk.path, 1)
     world.vote(hot.path, 1, when=NOW - 30 * DAY)  # old: the cleanup would drop it
     disk_before = {p: (s, t) for p, (s, t) in world.files_on_disk().items()}
-    db_before = snapshot_db(world.db.path)
+    db_before = snapshot_db(world.db.location.sqlite_path)
 
     result = await world.run(dry_run=True)
 
     assert world.files_on_disk() == disk_before
-    assert snapshot_db(world.db.path) == db_before
+    assert snapshot_db(world.db.location.sqlite_path) == db_before
     assert world.fake.requests_matching("/files/packages/", "GET") == []
     plan = result.plan
     assert plan is not None

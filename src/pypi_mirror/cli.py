@@ -1,4 +1,5 @@
-"""Command line: ``pypi-mirror serve``, ``sync``, ``check``, ``status`` and ``simulate``.
+"""Command line: ``pypi-mirror serve``, ``sync``, ``check``, ``status``, ``simulate``, ``cache``
+and ``db``.
 
 Exit status 2 means nothing was started: a bad configuration, or an environment it cannot
 work in (preflight.py); each message names the configuration key.
@@ -87,7 +88,21 @@ repo_path_option = click.option(
 )
 
 
-@click.group()
+class _Commands(click.Group):
+    """A database that fails under a command (PostgreSQL unreachable, a disk full under the
+    SQLite file) is reported in one line, not as a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from pypi_mirror.db import STORE_ERRORS
+
+        try:
+            return super().invoke(ctx)
+        except STORE_ERRORS as error:
+            click.echo(f"pypi-mirror: database error: {str(error).strip()}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="pypi-mirror")
 def main() -> None:
     """A partial PyPI mirror with popularity-based cache management."""
@@ -181,8 +196,10 @@ def status(config_path: Path | None, repo_path: Path | None, verbose: bool, as_j
 
 # Last: cache_cli takes its shared options (config_option, …) from this module.
 from pypi_mirror.cache_cli import cache  # noqa: E402
+from pypi_mirror.db_cli import db  # noqa: E402
 
 main.add_command(cache)
+main.add_command(db)
 
 
 def _sizes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:

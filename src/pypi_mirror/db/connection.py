@@ -31,8 +31,13 @@ LOCK_NAMESPACE = 0x50595049  # "PYPI"
 MIGRATION_LOCK = 1
 SYNC_LOCK = 2
 
+
+class SchemaError(Exception):
+    """The store's schema is newer than this program knows (a node of an older version)."""
+
+
 # What a store operation may raise, whichever the backend.
-STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, SchemaError)
 SQLITE_FULL = 13  # "database or disk is full"
 
 

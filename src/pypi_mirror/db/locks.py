@@ -9,6 +9,7 @@ when that connection ends, however the process ends. A refused caller is told wh
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -61,29 +62,33 @@ def exclusive(
 def _flock(path: Path, role: str, wait: float) -> Iterator[Held]:
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait
-    with open(path, "a+") as handle:
+    # Unbuffered: a full disk shows at the write, where it is ignored, not at close.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
         while True:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "another process on this host"
-                    yield Held(False, holder)
+                    holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+                    yield Held(False, holder or "another process on this host")
                     return
                 time.sleep(POLL)
-        # Who holds it, for the next one refused (rewritten in place: the lock is ours).
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pypi-mirror {role} on {socket.gethostname()} pid {os.getpid()}\n")
-        handle.flush()
+        # Who holds it, for the next one refused. Best effort: a full disk must not stop
+        # the run that would report it.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(
+                fd, f"pypi-mirror {role} on {socket.gethostname()} pid {os.getpid()}\n".encode(), 0
+            )
         try:
             yield Held(True)
         finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextmanager

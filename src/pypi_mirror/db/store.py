@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pypi_mirror.db.connection import Driver, SqliteDriver, connect
+from pypi_mirror.db.connection import Driver, SchemaError, SqliteDriver, connect
 from pypi_mirror.db.location import DB_FILENAME, StoreLocation
 from pypi_mirror.db.schema import MIGRATIONS, statements
 
@@ -98,8 +98,25 @@ class Database:
     def needs_migration(self) -> bool:
         return self.schema_version < len(MIGRATIONS)
 
+    @classmethod
+    def schema_version_of(cls, location: StoreLocation) -> int:
+        """The schema version a store holds now (0: empty or absent), changing nothing."""
+        if location.sqlite_path is not None and not location.sqlite_path.exists():
+            return 0
+        driver = connect(location, "schema check")
+        try:
+            return driver.schema_version()
+        finally:
+            driver.close()
+
     def _migrate(self) -> None:
-        if self.schema_version >= len(MIGRATIONS):
+        version = self.schema_version
+        if version > len(MIGRATIONS):
+            raise SchemaError(
+                f"{self.location.display} holds schema version {version}, newer than this "
+                f"pypi-mirror's {len(MIGRATIONS)}: upgrade pypi-mirror on this node"
+            )
+        if version == len(MIGRATIONS):
             return
         with self._db.transaction():
             self._db.lock_for_migration()
@@ -160,6 +177,18 @@ class Database:
         applied by a conditional upsert of ``vote_last`` (atomic, so votes sent at once by
         several nodes for one pair count once), and the accepted votes are bulk-loaded.
         """
+        if dedup_window <= 0:  # no window: every vote counts, in whatever order it arrives
+            rows = [(path, prefix, int(when)) for path, prefix, when in votes]
+            if not rows:
+                return 0
+            with self.transaction():
+                ids = self._file_ids(path for path, _, _ in rows)
+                self._db.copy_in(
+                    "votes",
+                    ("file_id", "prefix", "time"),
+                    [(ids[path], prefix, moment) for path, prefix, moment in rows],
+                )
+            return len(rows)
         rounds = _dedup_in_batch(votes, dedup_window)
         if not rounds:
             return 0
@@ -229,7 +258,7 @@ class Database:
         count, top, total = self._x(
             "SELECT COUNT(*), COALESCE(MAX(serial), 0), COALESCE(SUM(serial), 0) FROM serials"
         ).fetchone()
-        return f"{count}:{top}:{total}"
+        return f"{int(count)}:{int(top)}:{int(total)}"
 
     def iter_serials_sorted(self) -> Iterator[tuple[str, int]]:
         """Every known project with its serial, by name (for the root index)."""
@@ -347,9 +376,10 @@ class Database:
 
     def local_usage(self) -> list[tuple[int, int, int]]:
         """(tier, files, bytes) of the files recorded in local_sizes, per tier."""
-        return self._x(
+        rows = self._x(
             "SELECT tier, COUNT(*), COALESCE(SUM(size), 0) FROM local_sizes GROUP BY tier"
-        ).fetchall()
+        )
+        return [(int(tier), int(files), int(size)) for tier, files, size in rows]  # PG: numeric
 
     def most_voted_files(self, since: float, limit: int) -> list[tuple[str, int]]:
         """(path, votes) of the ``limit`` files with the most votes since ``since``."""

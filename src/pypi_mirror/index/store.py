@@ -22,7 +22,7 @@ from pypi_mirror.repo import Repo
 
 def save_project(
     repo: Repo,
-    db: Database,
+    db: Database | None,
     body: bytes,
     *,
     on_demand: bool,
@@ -30,7 +30,8 @@ def save_project(
 ) -> RenderedProject:
     """Render ``body`` (a ``/pypi/<name>/json`` response) with ``extras`` (the upstream's
     PEP 691 page, when read), store all three documents, then record the serial the body
-    carries. Raises RenderError (nothing written) on a bad body."""
+    carries (not with ``db`` None: the database is unavailable; the next save records it).
+    Raises RenderError (nothing written) on a bad body."""
     rendered = render_project(body, extras)
     if extras is None and rendered.name in quarantine.load(repo.root):
         # Status unknown this time (the page was not read): a recorded quarantine holds.
@@ -41,7 +42,8 @@ def save_project(
         paths = quarantined_paths(body) if rendered.quarantined else None
         quarantine.update(repo.root, rendered.name, paths)
     repo.write_project(rendered.name, body, rendered.html, rendered.json)
-    db.set_serial(rendered.name, rendered.serial, on_demand=on_demand)
+    if db is not None:
+        db.set_serial(rendered.name, rendered.serial, on_demand=on_demand)
     return rendered
 
 

@@ -130,6 +130,12 @@ class WorkerMetrics:
             multiprocess_mode="livesum",
             registry=None,
         )
+        self.database_unreachable = Gauge(
+            PREFIX + "database_unreachable",
+            "Workers whose vote writer cannot reach the database (votes wait in the buffer).",
+            multiprocess_mode="livesum",
+            registry=None,
+        )
         self.fetches.inc(0)  # present from the start, at zero
         self.votes_stored.inc(0)
         self.votes_dropped.inc(0)
@@ -168,6 +174,7 @@ class WorkerMetrics:
         self.votes_dropped.inc(dropped - self._seen_votes[1])
         self._seen_votes = (stored, dropped)
         self.vote_queue.set(self.votes.pending)
+        self.database_unreachable.set(0 if self.votes.unreachable is None else 1)
         if self.ondemand is not None:
             fetches = self.ondemand.fetches
             self.fetches.inc(fetches - self._seen_fetches)

@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 
 from pypi_mirror.config import Config
-from pypi_mirror.db import Database
+from pypi_mirror.db import STORE_ERRORS, Database
 from pypi_mirror.index.render import RenderError, SimpleExtras
 from pypi_mirror.index.simple_json import SimpleJsonReader
 from pypi_mirror.index.store import save_project
@@ -40,6 +40,9 @@ from pypi_mirror.upstream import UpstreamUrls
 log = logging.getLogger(__name__)
 
 NEGATIVE_TTL = 60.0  # how long an upstream 404 is remembered
+# After the database failed, how long pages are served as they are without asking it again
+# (a shared PostgreSQL may be down: each try could wait for a connect timeout).
+DATABASE_RETRY = 10.0
 LOCK_SLOTS = 256
 # Polling another worker's lock: start fast (a fetch takes ~0.1 s), back off to a few per second.
 _LOCK_POLL_FIRST = 0.005
@@ -68,6 +71,7 @@ class OnDemandIndex:
         self._missing: dict[str, float] = {}
         # name → (page mtime_ns, on_demand): who owns a page, remembered per page version.
         self._owner: dict[str, tuple[int, bool]] = {}
+        self._database_down_until = 0.0
         # Runs saves only: nothing on it ever waits for a lock (see the module docstring).
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ondemand")
         self._local = threading.local()
@@ -102,11 +106,27 @@ class OnDemandIndex:
             db = self._local.db = Database.open(self._config.store, "serve")
         return db
 
-    def _is_on_demand(self, name: str, mtime_ns: int) -> bool:
-        known = self._owner.get(name)
-        if known is not None and known[0] == mtime_ns:
-            return known[1]
-        row = self._db().get_serial(name)
+    def _database_failed(self, error: BaseException) -> None:
+        if time.monotonic() >= self._database_down_until:
+            log.warning(
+                "on-demand pages: database unavailable, serving pages as they are: %s", error
+            )
+        self._database_down_until = time.monotonic() + DATABASE_RETRY
+
+    def _is_on_demand(self, name: str) -> bool:
+        """Whether the page was fetched on demand (so refreshed by us) rather than kept by
+        `sync`. Asks the database: runs on the executor, never on the event loop."""
+        try:
+            mtime_ns = os.stat(self._repo.project_html(name)).st_mtime_ns
+        except FileNotFoundError:
+            return True
+        if time.monotonic() < self._database_down_until:
+            return False
+        try:
+            row = self._db().get_serial(name)
+        except STORE_ERRORS as error:
+            self._database_failed(error)
+            return False
         on_demand = row is None or row[2]
         if len(self._owner) > 100_000:
             self._owner.clear()
@@ -125,7 +145,10 @@ class OnDemandIndex:
         if time.time() - st.st_mtime < self._ttl:
             return True, False
         # Pages that `sync` maintains are current by its schedule; only on-demand pages age.
-        return True, self._is_on_demand(name, st.st_mtime_ns)
+        known = self._owner.get(name)
+        if known is not None and known[0] == st.st_mtime_ns:
+            return True, known[1]
+        return True, True  # not known yet: the fetch asks the database first
 
     # -- fetching --------------------------------------------------------------------------
 
@@ -170,6 +193,9 @@ class OnDemandIndex:
         exists, fetch = self.needs_fetch(name)
         if exists and not fetch:
             return True
+        loop = asyncio.get_running_loop()
+        if exists and not await loop.run_in_executor(self._executor, self._is_on_demand, name):
+            return True
         body = await self._download(name)
         if body is None:
             self._missing[name] = time.monotonic() + NEGATIVE_TTL
@@ -178,7 +204,6 @@ class OnDemandIndex:
             return False
         # PEP 792 status and PEP 740 provenance: only the upstream's PEP 691 page has them.
         extras = await self._simple.fetch(self._get_session(), name)  # type: ignore[operator]
-        loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor, self._save, body, extras)
         except RenderError as error:
@@ -188,7 +213,18 @@ class OnDemandIndex:
         return True
 
     def _save(self, body: bytes, extras: SimpleExtras | None) -> None:
-        save_project(self._repo, self._db(), body, on_demand=True, extras=extras)
+        """Write the pages; then record the serial, unless the database is unavailable: the
+        page is served all the same and its next refresh (or `sync`) records it."""
+        db: Database | None = None
+        if time.monotonic() >= self._database_down_until:
+            try:
+                db = self._db()
+            except STORE_ERRORS as error:
+                self._database_failed(error)
+        try:
+            save_project(self._repo, db, body, on_demand=True, extras=extras)
+        except STORE_ERRORS as error:  # after the pages were written
+            self._database_failed(error)
 
     async def _lock_slot(self, slot: int) -> int | None:
         """Take the slot's cross-worker lock; its descriptor, or None after too long a wait.

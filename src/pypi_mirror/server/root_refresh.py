@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 # seconds, so the pause after one is at least this many times as long (≤ 10 % of a thread).
 PACE = 10.0
 
+FAILURE_LOG_INTERVAL = 60.0
+FAILURE_PAUSE = 2.0  # between tries while the database or the disk fails
+
 
 class RootRefresher:
     def __init__(self, repo: Repo, store: StoreLocation, interval: float) -> None:
@@ -36,6 +39,8 @@ class RootRefresher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        failing_since: float | None = None
+        logged_at = 0.0
         while True:
             started = loop.time()
             pause = self._interval
@@ -44,8 +49,18 @@ class RootRefresher:
                     took = loop.time() - started
                     log.info("root index rewritten with new serials in %.1f s", took)
                     pause = max(pause, took * PACE)
+                if failing_since is not None:
+                    log.warning("root index refreshed again")
+                    failing_since = None
             except (OSError, *STORE_ERRORS) as error:
-                log.warning("root index not refreshed: %s", error)
+                # Once, then every FAILURE_LOG_INTERVAL: a database that is down for an
+                # hour must not write a line per interval per worker.
+                now = loop.time()
+                if failing_since is None or now - logged_at >= FAILURE_LOG_INTERVAL:
+                    log.warning("root index not refreshed: %s", str(error).strip())
+                    logged_at = now
+                    failing_since = failing_since or now
+                pause = max(pause, FAILURE_PAUSE)
             await asyncio.sleep(pause)
 
     def _refresh(self) -> bool:
