@@ -79,9 +79,22 @@ class SqliteDriver:
             str(location.sqlite_path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
         )
         self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self.conn.execute("PRAGMA journal_mode = WAL")
+        self._enable_wal()
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.conn.execute("PRAGMA foreign_keys = OFF")
+
+    def _enable_wal(self) -> None:
+        """Switching a new file to WAL needs it to itself, and SQLite does not wait for
+        that (processes opening a new store together get "database is locked"): retry."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if not is_busy(error) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     def close(self) -> None:
         self.conn.close()
@@ -202,7 +215,13 @@ class PostgresDriver:
         self.execute(f"SET lock_timeout = {int(seconds * 1000)}")
 
     def schema_version(self) -> int:
-        exists = self.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]
+        # From the catalog with this statement's snapshot: to_regclass answers from the
+        # session's cache, which can still say "absent" after another node's migration
+        # committed (it would then run the migrations a second time).
+        exists = self.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables "
+            "WHERE schemaname = current_schema() AND tablename = 'schema_version')"
+        ).fetchone()[0]
         if not exists:
             return 0
         row = self.execute("SELECT version FROM schema_version").fetchone()

@@ -13,7 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 DB_FILENAME = "pypi-mirror.db"
 
@@ -49,16 +52,19 @@ class StoreLocation:
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
+    """What libpq will connect to, as ``postgresql://user@host:port/dbname``: never the
+    password, however the URL spells it (``user:pw@``, ``?password=``...)."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.Error:
+        return redact_loose(url)
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    host = str(parts.get("host") or "")
+    if ":" in host and "," not in host:
         host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    port = f":{parts['port']}" if parts.get("port") else ""
+    dbname = str(parts.get("dbname") or "")
+    return f"postgresql://{user}{host}{port}/{dbname}"
 
 
 def parse_database_url(
@@ -83,14 +89,23 @@ def parse_database_url(
         path = Path(unquote(rest[1:]))
         return StoreLocation.sqlite(path)
     if scheme in ("postgresql", "postgres"):
+        shown = redact_loose(url)
+        if "#" in url:
+            raise ValueError(f'invalid url "{shown}": no # allowed (percent-encode it: %23)')
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ValueError(f'invalid url "{redact_loose(url)}": bad host or port') from None
-        if parts.fragment:
-            raise ValueError(f'invalid url "{redact(url)}": no #fragment allowed')
-        if password_file is not None and parts.password is not None:
+            conninfo_to_dict(url)  # libpq's own parser: what a connect would read
+        except (ValueError, psycopg.Error):
+            raise ValueError(f'invalid url "{shown}": bad host, port or parameter') from None
+        if "@" in parts.path or parts.path.count("/") > 1:
+            # A password holding "/" cut the URL short: the rest became the database name.
+            raise ValueError(
+                f'invalid url "{shown}": a "/" or "@" in the password or database name must '
+                "be percent-encoded (%2F, %40)"
+            )
+        has_password = parts.password is not None or "password" in conninfo_to_dict(url)
+        if password_file is not None and has_password:
             raise ValueError("give the password in the url or in password_file, not both")
         return StoreLocation("postgresql", url=url, password_file=password_file)
     raise ValueError(
@@ -99,8 +114,10 @@ def parse_database_url(
 
 
 def redact_loose(url: str) -> str:
-    """Like ``redact`` for a URL too broken to parse: drops everything before an ``@``."""
+    """For a URL too broken to parse: scheme, then host and path only (whatever precedes the
+    last ``@`` and any query may hold a password)."""
     scheme, sep, rest = url.partition("://")
+    rest = rest.split("?", 1)[0].split("#", 1)[0] if "@" not in rest else rest
     if "@" in rest:
-        rest = "***@" + rest.rpartition("@")[2]
+        rest = "***@" + rest.rpartition("@")[2].split("?", 1)[0]
     return f"{scheme}{sep}{rest}"

@@ -118,7 +118,9 @@ def _advisory(store: StoreLocation, lock: NamedLock, role: str, wait: float) -> 
         try:
             yield Held(True)
         finally:
-            if not conn.closed and not conn.broken:
+            # A connection that died meanwhile took the lock with it: nothing to release,
+            # and its error must not replace the block's own.
+            with contextlib.suppress(psycopg.Error):
                 conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, lock.key))
 
 
