@@ -162,14 +162,6 @@ def test_four_nodes_opening_a_fresh_store_at_once_all_succeed(
         db.close()
 
 
-PG_MIGRATION_RACE = (
-    "BUG: PostgresDriver.schema_version re-read under the migration lock uses "
-    "to_regclass('schema_version'), answered from the session's catalog cache: a node that "
-    "looked before the winner committed still sees no table (no invalidation is processed "
-    "while waiting on an advisory lock), re-runs migration 1 and fails with DuplicateTable"
-)
-
-
 # -- settings and serials ----------------------------------------------------------------------
 
 
