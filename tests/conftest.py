@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -32,9 +33,8 @@ def _postgres_bindir() -> Path:
     return bindir
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One real PostgreSQL server for the whole session (tests get databases via pg_url)."""
+@contextlib.contextmanager
+def _started_server() -> Iterator[PostgresServer]:
     bindir = _postgres_bindir()  # before making a directory a skip would leave behind
     server = PostgresServer(make_base_dir(), bindir)
     try:
@@ -43,6 +43,13 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole session (tests get databases via pg_url)."""
+    with _started_server() as server:
+        yield server
 
 
 @pytest.fixture
@@ -61,11 +68,5 @@ def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
 @pytest.fixture
 def pg_server_private() -> Iterator[PostgresServer]:
     """A started server of this test's own, for tests that stop, kill or restart it."""
-    bindir = _postgres_bindir()  # before making a directory a skip would leave behind
-    server = PostgresServer(make_base_dir(), bindir)
-    try:
-        server.init()
-        server.start()
+    with _started_server() as server:
         yield server
-    finally:
-        server.close()

@@ -76,10 +76,12 @@ def test_check_passes_on_a_good_setup(tmp_path: Path, fake_pypi: FakePyPI) -> No
         "log.path",
         "tls",
         "listen",
+        "database.url",
         "upstream.pypi_url",
         "upstream.packages_url",
         "upstream.serials_source",
     ]
+    assert "pypi-mirror.db answers (empty: the first command creates the schema)" in done.stdout
     assert lines(done, "FAIL") == []
     assert "xmlrpc" in lines(done, "ok   upstream.serials_source")[0]
     assert done.stdout.rstrip().endswith("ok: configuration and environment are ready")

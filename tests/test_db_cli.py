@@ -66,6 +66,10 @@ def test_migrate_on_postgresql_with_credentials_from_the_environment(
     )
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchone() == (CURRENT,)
+    checked = cli(config, "check", "--offline", env=env)
+    assert f"ok   database.url: PostgreSQL postgresql:///{dbname} answers (schema version " in (
+        checked.stdout
+    )
     # Without the environment libpq looks for a local socket that is not there: one line.
     env_less = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env_less["PGHOST"] = str(tmp_path / "no-socket-here")
@@ -119,6 +123,8 @@ def test_a_node_started_while_postgresql_is_down_serves_and_says_why(
         assert page.status == 200 and wheel.filename.encode() in page.body  # fetched on demand
         ready = http(f"{mirror.base}/ready")
         assert ready.status == 200 and ready.body.startswith(b"ready, degraded:"), ready.body
+        checked = cli(mirror.config_path, "check", "--offline")
+        assert checked.returncode == 1 and "FAIL database.url: PostgreSQL" in checked.stdout
         sync = cli(mirror.config_path, "sync")
         assert sync.returncode == 1
         assert "database error" in sync.stderr and "Traceback" not in sync.stderr

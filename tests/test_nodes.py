@@ -75,15 +75,6 @@ def vote(mirror: Mirror, wheel: FakeFile, client: str) -> int:
     return http(f"{mirror.base}/packages/{wheel.path}", headers=headers).status
 
 
-def wait_until(predicate: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.1)
-
-
 def sync_lock_holders(url: str) -> int:
     return len(
         query(url, "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 2 AND granted")
@@ -130,7 +121,7 @@ def test_two_nodes_make_one_popularity_one_plan_and_one_sync(
         warm.path: ["10.0.4.0/24", "10.0.5.0/24"],
         cold.path: ["10.0.6.0/24"],
     }
-    assert wait_until(lambda: votes_by_file(pg_url) == expected), votes_by_file(pg_url)
+    assert a.wait_for(lambda: votes_by_file(pg_url) == expected, 15), votes_by_file(pg_url)
 
     # One sync at a time across hosts: while one runs (held up by a slow upstream), a second
     # started from the other node's config leaves at once and names the holder.
@@ -139,7 +130,7 @@ def test_two_nodes_make_one_popularity_one_plan_and_one_sync(
     fake_pypi.add_wheel("hot-pkg", "1.1")
     first = start(a, "sync")
     try:
-        assert wait_until(lambda: sync_lock_holders(pg_url) == 1, timeout=30)
+        assert a.wait_for(lambda: sync_lock_holders(pg_url) == 1, 30)
         second = run(b, "sync", timeout=30)
         assert second.returncode == 1, second.stdout + second.stderr
         assert "another sync is running" in second.stdout
@@ -176,7 +167,7 @@ def test_a_page_fetched_on_demand_by_one_node_is_served_by_the_other(
     assert (page_b.status, page_b.body) == (200, page_a.body)
     assert len(fake_pypi.requests_matching("/pypi/late-pkg/json")) == 1  # not fetched again
     # The root index both nodes serve lists it, from the serial node A recorded.
-    assert wait_until(lambda: b'href="late-pkg/"' in http(b.simple).body, timeout=20)
+    assert b.wait_for(lambda: b'href="late-pkg/"' in http(b.simple).body, 20)
     assert http(a.simple).body == http(b.simple).body
 
 

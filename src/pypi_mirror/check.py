@@ -14,6 +14,8 @@ import time
 import aiohttp
 
 from pypi_mirror.config import Config
+from pypi_mirror.db import STORE_ERRORS, Database
+from pypi_mirror.db.schema import MIGRATIONS
 from pypi_mirror.index.serials import NO_XMLRPC_HINT, SIMPLE_JSON, xmlrpc_last_serial
 from pypi_mirror.preflight import Finding, findings
 from pypi_mirror.upstream import UpstreamError, UpstreamUrls, make_session
@@ -24,9 +26,34 @@ UPSTREAM_TIMEOUT = 5.0  # seconds per request: a check, not a sync
 def run_check(config: Config, *, upstream: bool = True) -> list[Finding]:
     """Every check, local first; the upstream ones unless ``upstream`` is False."""
     result = findings(config, "check")
+    result.append(database_finding(config))
     if upstream:
         result += asyncio.run(upstream_findings(config))
     return result
+
+
+def database_finding(config: Config) -> Finding:
+    """The store answers, and its schema is one this program can use (changes nothing)."""
+    store = config.store
+    try:
+        version = Database.schema_version_of(store)
+    except STORE_ERRORS as error:
+        return Finding("database.url", False, f"{store.display}: {' '.join(str(error).split())}")
+    current = len(MIGRATIONS)
+    if version > current:
+        return Finding(
+            "database.url",
+            False,
+            f"{store.display}: schema version {version} is newer than this pypi-mirror's "
+            f"({current}): upgrade pypi-mirror",
+        )
+    if version == 0:
+        state = "empty: the first command creates the schema"
+    elif version < current:
+        state = f"schema version {version}: `pypi-mirror db migrate` brings it to {current}"
+    else:
+        state = f"schema version {version}, current"
+    return Finding("database.url", True, f"{store.display} answers ({state})")
 
 
 def report(results: list[Finding]) -> tuple[str, int]:
