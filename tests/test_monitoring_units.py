@@ -195,7 +195,7 @@ def multiprocess_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_flush_and_render(multiprocess_dir: Path) -> None:
     tally = RequestTally()
-    votes = SimpleNamespace(stored=5, dropped=1, pending=7)
+    votes = SimpleNamespace(stored=5, dropped=1, pending=7, unreachable="connection refused")
     ondemand = SimpleNamespace(fetches=2)
     worker = metrics.WorkerMetrics(tally, votes, ondemand)  # type: ignore[arg-type]
     for seconds in (0.0005, 0.003, 0.003, 30.0):
@@ -259,7 +259,7 @@ def test_flush_and_render(multiprocess_dir: Path) -> None:
 
 def test_a_dead_workers_counters_stay_and_its_live_gauge_goes(multiprocess_dir: Path) -> None:
     tally = RequestTally()
-    votes = SimpleNamespace(stored=0, dropped=0, pending=3)
+    votes = SimpleNamespace(stored=0, dropped=0, pending=3, unreachable=None)
     worker = metrics.WorkerMetrics(tally, votes, None)  # type: ignore[arg-type]
     tally.record(_request("page", "local"), 200, 1, 0.001)
     worker.flush()
@@ -269,6 +269,7 @@ def test_a_dead_workers_counters_stay_and_its_live_gauge_goes(multiprocess_dir: 
     text = metrics.render(None).decode()
     assert 'pypi_mirror_requests_total{outcome="local",route="page"} 1.0' in text
     assert "pypi_mirror_vote_queue_depth " not in text
+    assert "pypi_mirror_database_unreachable " not in text
 
 
 # -- the database: hourly rows, sync runs, facts --------------------------------------------
