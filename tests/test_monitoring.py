@@ -126,7 +126,7 @@ def test_metrics_of_two_workers_after_known_traffic(monitored: Monitored) -> Non
         time.sleep(0.3)
 
     # summed over both workers' files
-    assert len(list((m.mirror.repo / ".metrics").glob("counter_*.db"))) == 2
+    assert len(list((m.mirror.repo / ".metrics").glob("*/counter_*.db"))) == 2
     assert scrape(m.mirror.base + "/metrics").keys() == samples.keys()  # also under the prefix
 
     requests = {

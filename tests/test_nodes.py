@@ -123,6 +123,19 @@ def test_two_nodes_make_one_popularity_one_plan_and_one_sync(
     }
     assert a.wait_for(lambda: votes_by_file(pg_url) == expected, 15), votes_by_file(pg_url)
 
+    # Each node's /metrics counts its own requests only (their values live in one folder per
+    # node, though the nodes share the repository).
+    def redirects(mirror: Mirror) -> float:
+        for line in http(f"{mirror.base}/metrics").body.decode().splitlines():
+            if line.startswith('pypi_mirror_requests_total{outcome="302",route="file"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    assert a.wait_for(lambda: (redirects(a), redirects(b)) == (12.0, 13.0), 10), (
+        redirects(a),
+        redirects(b),
+    )
+
     # One sync at a time across hosts: while one runs (held up by a slow upstream), a second
     # started from the other node's config leaves at once and names the holder.
     fake_pypi.delay("/pypi/hot-pkg/json", 3.0)

@@ -10,6 +10,7 @@ import errno
 import os
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -139,6 +140,7 @@ class Repo:
 
     def __init__(self, config: Config) -> None:
         self.root = config.repo_path
+        self._listen_port = config.listen_host_port[1]
         self.tiers = tiers_of(config)
         self.simple_dir = self.root / "simple"
         self.json_dir = self.root / "json"
@@ -199,8 +201,10 @@ class Repo:
 
     @property
     def metrics_dir(self) -> Path:
-        """The server workers' Prometheus values (emptied each time `serve` starts)."""
-        return self.root / ".metrics"
+        """This server's workers' Prometheus values (emptied each time `serve` starts). One
+        folder per host and port: several serve nodes may share the repository, and each
+        one's /metrics must count its own workers only."""
+        return self.root / ".metrics" / f"{socket.gethostname()}-{self._listen_port}"
 
     def write_project(self, name: str, pypi_json: bytes, html: bytes, simple_json: bytes) -> None:
         """Write a project's three documents, each atomically; the JSON API copy last so that
