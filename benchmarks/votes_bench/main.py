@@ -4,10 +4,11 @@ from pip through both at once, every one a vote; how many are served, accepted, 
 For each backend (SQLite: both nodes share the embedded file, as nodes on one host may;
 PostgreSQL: a server of the benchmark's own with durable settings, both nodes on one database)
 two nodes start, each with its own config.yaml and port, on the same ``repo_path`` whose tier
-holds a few small files (every GET is a local hit). ``cache.dedup_window: 0`` and a random
-client address per request (X-Forwarded-For from the trusted 127.0.0.1, spread over ~14.6 M
-/24 prefixes) make every request a distinct (file, prefix) pair: each one is a new row of
-``votes`` and of ``vote_last``. wrk drives each node for ``--duration`` seconds; then the nodes'
+holds a few small files (every GET is a local hit). A random client address per request
+(X-Forwarded-For from the trusted 127.0.0.1, spread over ~14.6 M /24 prefixes) makes every
+request a distinct (file, prefix) pair, so every one is stored: with ``--dedup-window`` above 0
+(the default, 5m, as in production) through the dedup upsert of ``vote_last`` then COPY; with
+0 straight by COPY. wrk drives each node for ``--duration`` seconds; then the nodes'
 vote buffers are watched (/metrics) until they are empty and the rows are counted.
 """
 
@@ -58,7 +59,7 @@ upstream:
 fallback:
   default: "302"
 cache:
-  dedup_window: 0
+  dedup_window: {dedup_window}
   tiers:
     - path: {repo}/tier0
       size_limit: 10g
@@ -269,6 +270,7 @@ def run_backend(args: argparse.Namespace, backend: str, wrk: str) -> Result:
                 url_prefix=URL_PREFIX,
                 workers=args.workers,
                 database=database,
+                dedup_window=args.dedup_window,
             )
             node = Node(
                 WORK / f"node{number}", port, python=python, config=config, name=f"node {number}"
@@ -387,7 +389,8 @@ def report(results: dict[str, Result], args: argparse.Namespace, note: str) -> N
     print()
     print(
         f"vote ingest: 2 nodes × {args.workers} worker(s), wrk -t1 -c{args.connections} per node, "
-        f"{args.duration} s, dedup_window 0, a random /24 per request ({os.cpu_count()} CPUs, "
+        f"{args.duration} s, dedup_window {args.dedup_window}, a random /24 per request "
+        f"({os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f} at the end)"
     )
     if note:
@@ -440,6 +443,11 @@ def main() -> int:
     parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("-d", "--duration", type=int, default=20, help="seconds of load (20)")
     parser.add_argument("-w", "--workers", type=int, default=1, help="workers per node (1)")
+    parser.add_argument(
+        "--dedup-window",
+        default="5m",
+        help="cache.dedup_window of the nodes (5m, the default; 0: no dedup, no upsert)",
+    )
     parser.add_argument(
         "-c", "--connections", type=int, default=32, help="wrk connections per node (32)"
     )
