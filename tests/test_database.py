@@ -788,3 +788,15 @@ def test_sqlite_absolute_url(tmp_path: Path) -> None:
         assert db.get_setting("k") == "v"
     finally:
         db.close()
+
+
+def test_an_unreadable_password_file_is_a_database_failure_not_a_crash(
+    tmp_path: Path, pg_url: str
+) -> None:
+    password_file = tmp_path / "pw"
+    password_file.write_text("whatever\n")
+    location = parse_database_url(pg_url, tmp_path, password_file)
+    password_file.unlink()  # rotated away after the config was loaded
+    with pytest.raises(psycopg.OperationalError, match=r"cannot read database\.password_file"):
+        Database.open(location)
+    assert probe(location, 2) is not None

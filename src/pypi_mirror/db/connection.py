@@ -69,6 +69,30 @@ def application_name(role: str) -> str:
     return f"pypi-mirror {role} on {socket.gethostname()} pid {os.getpid()}"[:63]
 
 
+def pg_connect(
+    location: StoreLocation, role: str, timeout: float = CONNECT_TIMEOUT
+) -> psycopg.Connection[Any]:
+    """A new autocommit connection to the PostgreSQL store, named after ``role`` in
+    pg_stat_activity, with the password from database.password_file if there is one."""
+    extra: dict[str, Any] = {}
+    try:
+        password = location.password()
+    except OSError as error:  # reported as the database failing, which it does for us
+        raise psycopg.OperationalError(
+            f"cannot read database.password_file {location.password_file}: "
+            f"{error.strerror or error}"
+        ) from None
+    if password is not None:
+        extra["password"] = password
+    return psycopg.connect(
+        location.url or "",
+        autocommit=True,
+        connect_timeout=max(1, int(timeout)),
+        application_name=application_name(role),
+        **extra,
+    )
+
+
 class SqliteDriver:
     backend = "sqlite"
 
@@ -160,17 +184,7 @@ class PostgresDriver:
         self.conn = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
-        extra: dict[str, Any] = {}
-        password = self.location.password()
-        if password is not None:
-            extra["password"] = password
-        conn = psycopg.connect(
-            self.location.url or "",
-            autocommit=True,
-            connect_timeout=CONNECT_TIMEOUT,
-            application_name=application_name(self._role),
-            **extra,
-        )
+        conn = pg_connect(self.location, self._role)
         if self._lock_wait is not None:
             conn.execute(f"SET lock_timeout = {int(self._lock_wait * 1000)}")
         return conn
@@ -258,18 +272,6 @@ def connect(location: StoreLocation, role: str = "store") -> Driver:
     return SqliteDriver(location, role)
 
 
-def wait_for(location: StoreLocation, timeout: float, role: str = "store") -> Driver:
-    """Connect, retrying for up to ``timeout`` seconds while the server is unreachable."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return connect(location, role)
-        except psycopg.OperationalError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.5)
-
-
 def probe(location: StoreLocation, timeout: float) -> str | None:
     """Why the store cannot be read now, or None. A new connection each time: a long-lived
     one would keep reading an SQLite file deleted or replaced under it, or hide that a
@@ -284,15 +286,7 @@ def probe(location: StoreLocation, timeout: float) -> str | None:
             finally:
                 sqlite_conn.close()
             return None
-        password = location.password()
-        extra = {} if password is None else {"password": password}
-        with psycopg.connect(
-            location.url or "",
-            autocommit=True,
-            connect_timeout=max(1, int(timeout)),
-            application_name=application_name("ready probe"),
-            **extra,
-        ) as pg_conn:
+        with pg_connect(location, "ready probe", timeout) as pg_conn:
             pg_conn.execute("SELECT 1 FROM settings LIMIT 1").fetchall()
         return None
     except (*STORE_ERRORS, OSError) as error:

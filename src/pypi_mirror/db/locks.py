@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from pypi_mirror.db.connection import CONNECT_TIMEOUT, LOCK_NAMESPACE, application_name
+from pypi_mirror.db.connection import LOCK_NAMESPACE, pg_connect
 from pypi_mirror.db.location import StoreLocation
 
 POLL = 0.2
@@ -93,18 +93,8 @@ def _flock(path: Path, role: str, wait: float) -> Iterator[Held]:
 
 @contextmanager
 def _advisory(store: StoreLocation, lock: NamedLock, role: str, wait: float) -> Iterator[Held]:
-    extra: dict[str, Any] = {}
-    password = store.password()
-    if password is not None:
-        extra["password"] = password
     deadline = time.monotonic() + wait
-    with psycopg.connect(
-        store.url or "",
-        autocommit=True,
-        connect_timeout=CONNECT_TIMEOUT,
-        application_name=application_name(role),
-        **extra,
-    ) as conn:
+    with pg_connect(store, role) as conn:
         while True:
             row = conn.execute(
                 "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, lock.key)
