@@ -353,7 +353,7 @@ class Config(_Strict):
 
     @property
     def store(self) -> StoreLocation:
-        """Where the store lives (database.url, resolved against repo_path)."""
+        """Where the store lives: database.url, or the SQLite file in repo_path."""
         database = self.database
         return parse_database_url(database.url, self.repo_path, database.password_file)
 
