@@ -254,3 +254,33 @@ def test_postgresql_stopping_under_load_stops_nothing_but_the_counting(
     log = mirror.stderr()
     assert "Traceback" not in log
     assert "database unreachable" in log
+
+
+def test_a_sync_whose_lock_connection_dies_stops_and_says_so(
+    tmp_path: Path, fake_pypi: FakePyPI, pg_url: str
+) -> None:
+    fake_pypi.add_wheel("slow-pkg", "1.0")
+    tier = tmp_path / "tier"
+    tier.mkdir()
+    mirror = node(tmp_path / "node", fake_pypi, tmp_path / "repo", tier, pg_url)
+    assert run(mirror, "sync").returncode == 0
+    fake_pypi.stale("slow-pkg")
+    fake_pypi.add_wheel("slow-pkg", "1.1")  # the next sync fetches it again
+    fake_pypi.delay("/pypi/slow-pkg/json", 5.0)
+    syncing = start(mirror, "sync")
+    try:
+        assert mirror.wait_for(lambda: sync_lock_holders(pg_url) == 1, 30)
+        # The lock's connection dies (a database restart, a network cut): the server has
+        # released the lock, so the run must not go on as if it still held it.
+        query(
+            pg_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_locks "
+            "WHERE locktype = 'advisory' AND objid = 2 AND granted",
+        )
+        out, err = syncing.communicate(timeout=60)
+    finally:
+        if syncing.poll() is None:
+            syncing.kill()
+    assert syncing.returncode == 1, out + err
+    assert "the sync lock was lost" in out
+    assert "Traceback" not in err

@@ -41,6 +41,9 @@ EXIT_FAILED = 1
 # Overlapping runs (a slow sync and the next timer tick, or two hosts' timers) would fetch
 # and delete the same projects twice; the second one leaves at once.
 INDEX_LOCK = store_locks.SYNC.filename
+# How often a running sync makes sure it still holds its lock (on PostgreSQL a dropped
+# connection releases it, and another host's sync could start).
+LOCK_CHECK_INTERVAL = 2.0
 
 
 class StopFlag(threading.Event):
@@ -96,12 +99,36 @@ def run_sync(
                 flush=True,
             )
             return EXIT_FAILED
-        return _run(config, repo, tuning, progress_bar)
+        return _run(config, repo, tuning, progress_bar, lock)
 
 
-def _run(config: Config, repo: Repo, tuning: SyncTuning, progress_bar: bool | None) -> int:
+def _watch_lock(lock: store_locks.Held, stop: StopFlag, lost: threading.Event) -> None:
+    """Stop the run at its next safe point if the lock goes away under it."""
+    while not stop.wait(LOCK_CHECK_INTERVAL):
+        if not lock.still_held():
+            log.error(
+                "sync: the sync lock was lost (its database connection dropped): "
+                "stopping at the next safe point, another sync may start"
+            )
+            lost.set()
+            stop.set()
+            return
+
+
+def _run(
+    config: Config,
+    repo: Repo,
+    tuning: SyncTuning,
+    progress_bar: bool | None,
+    lock: store_locks.Held,
+) -> int:
     db = Database.open(config.store, "sync")
     stop = StopFlag()
+    lost = threading.Event()
+    watcher = threading.Thread(
+        target=_watch_lock, args=(lock, stop, lost), name="sync-lock", daemon=True
+    )
+    watcher.start()
     started = time.time()
     index: IndexSyncResult | None = None
     cache: CacheResult | None = None
@@ -116,7 +143,10 @@ def _run(config: Config, repo: Repo, tuning: SyncTuning, progress_bar: bool | No
                 cache = _run_cache(config, repo, db, stop, progress_bar)
                 print(cache.summary(), flush=True)
                 failures.extend(_cache_failures(cache))
+            if lost.is_set():
+                failures.append("the sync lock was lost (database connection dropped); stopped")
     finally:
+        stop.set()  # ends the watcher (the signal, if any, is remembered in stop.signum)
         # For the status page and /metrics (also a run that broke off: it ran).
         record_sync_run(db, started, index, cache, failures, stop.signum is not None)
         db.close()

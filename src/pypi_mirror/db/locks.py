@@ -14,7 +14,7 @@ import fcntl
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,12 @@ CACHE = NamedLock(3, ".cache.lock")
 class Held:
     held: bool
     holder: str = ""  # who holds it, when not held
+    _alive: Callable[[], bool] | None = None
+
+    def still_held(self) -> bool:
+        """False once the lock is gone (PostgreSQL: its connection died, and the server
+        released it). Safe to call from another thread."""
+        return self.held and (self._alive is None or self._alive())
 
 
 @contextmanager
@@ -105,8 +111,16 @@ def _advisory(store: StoreLocation, lock: NamedLock, role: str, wait: float) -> 
                 yield Held(False, _holder(conn, lock))
                 return
             time.sleep(POLL)
+
+        def alive() -> bool:
+            try:
+                conn.execute("SELECT 1")
+                return True
+            except psycopg.Error:
+                return False
+
         try:
-            yield Held(True)
+            yield Held(True, _alive=alive)
         finally:
             # A connection that died meanwhile took the lock with it: nothing to release,
             # and its error must not replace the block's own.
