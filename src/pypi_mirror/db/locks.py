@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ CACHE = NamedLock(3, ".cache.lock")
 class Held:
     held: bool
     holder: str = ""  # who holds it, when not held
-    _alive: Callable[[], bool] | None = None
+    _alive: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     def still_held(self) -> bool:
         """False once the lock is gone (PostgreSQL: its connection died, and the server
