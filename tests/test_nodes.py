@@ -184,8 +184,17 @@ def test_a_page_fetched_on_demand_by_one_node_is_served_by_the_other(
     assert http(a.simple).body == http(b.simple).body
 
 
+def metric(mirror: Mirror, name: str) -> float:
+    """A worker-summed sample without labels from the node's /metrics (0 when absent)."""
+    for line in http(f"{mirror.base}/metrics").body.decode().splitlines():
+        if line.startswith(f"pypi_mirror_{name} "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.mark.parametrize("buffer", [100_000, 1_000], ids=["buffered", "overflowing"])
 def test_postgresql_stopping_under_load_stops_nothing_but_the_counting(
-    tmp_path: Path, fake_pypi: FakePyPI, pg_server_private: PostgresServer
+    tmp_path: Path, fake_pypi: FakePyPI, pg_server_private: PostgresServer, buffer: int
 ) -> None:
     server = pg_server_private
     url = server.create_database("mirror")
@@ -197,6 +206,7 @@ def test_postgresql_stopping_under_load_stops_nothing_but_the_counting(
     tier.mkdir()
     mirror = node(tmp_path / "node", fake_pypi, repo, tier, url, workers=2)
     mirror.config["cache"]["dedup_window"] = 0  # every request is a vote
+    mirror.config["database"]["vote_buffer"] = buffer  # per worker
     mirror.config_path.write_text(__import__("yaml").safe_dump(mirror.config))
     assert run(mirror, "sync").returncode == 0
     (tier / wheel.path).parent.mkdir(parents=True)
@@ -249,8 +259,15 @@ def test_postgresql_stopping_under_load_stops_nothing_but_the_counting(
             if line.startswith("pypi_mirror_database_unreachable ")
         ]  # fmt: skip
         assert unreachable and float(unreachable[0].split()[1]) >= 1.0, unreachable
-    # After a graceful stop every vote accepted is in the database: none dropped, none lost.
-    assert query(url, "SELECT COUNT(*) FROM votes")[0][0] == len(files)
+        assert mirror.wait_for(lambda: metric(mirror, "vote_queue_depth") == 0, 15)
+        dropped = metric(mirror, "votes_dropped_total")
+    # After a graceful stop every vote is in the database or counted as dropped: none lost.
+    stored = query(url, "SELECT COUNT(*) FROM votes")[0][0]
+    assert stored + dropped == len(files), (stored, dropped, len(files))
+    if buffer == 100_000:
+        assert dropped == 0
+    else:  # two workers' buffers of 1,000 cannot hold what arrived while it was down
+        assert dropped > 0 and "vote buffer full" in mirror.stderr()
     log = mirror.stderr()
     assert "Traceback" not in log
     assert "database unreachable" in log
