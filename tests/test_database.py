@@ -15,7 +15,15 @@ import psycopg
 import pytest
 
 from pypi_mirror.config import ConfigError, config_from_dict
-from pypi_mirror.db import STORE_ERRORS, Database, LocalFile, StoreLocation, is_unreachable
+from pypi_mirror.db import (
+    STORE_ERRORS,
+    Database,
+    LocalFile,
+    StoreLocation,
+    connection,
+    is_busy,
+    is_unreachable,
+)
 from pypi_mirror.db import store as store_module
 from pypi_mirror.db.connection import LOCK_NAMESPACE, MIGRATION_LOCK, probe
 from pypi_mirror.db.location import parse_database_url, redact
@@ -94,7 +102,6 @@ def test_new_store_reaches_the_latest_schema(store_location: StoreLocation) -> N
     db = Database.open(store_location)
     try:
         assert db.schema_version == 3
-        assert db.needs_migration is False
         assert db.backend == store_location.backend
         db.set_setting("kept", "yes")
     finally:
@@ -212,6 +219,19 @@ def test_serials_signature_changes_on_add_remove_and_move(db: Database) -> None:
     assert db.serials_signature() == "1:7:7"
     db.set_serial("c", 2**40, now=1.0)  # a 64-bit serial sums without a Decimal showing
     assert db.serials_signature() == f"2:{2**40}:{2**40 + 7}"
+
+
+def test_long_listings_stream_in_batches(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The root index and phase B read their rows a batch at a time (PostgreSQL: a server-side
+    cursor), all of them, in order; the connection is usable again afterwards."""
+    monkeypatch.setattr(connection, "STREAM_BATCH", 7)
+    with db.transaction():
+        for number in range(50):
+            db.set_serial(f"p{number:03d}", number + 1, now=1.0)
+    assert list(db.iter_serials_sorted()) == [(f"p{n:03d}", n + 1) for n in range(50)]
+    db.add_votes([(f"f/{n}.whl", "1.2.3", 100.0) for n in range(30)], 300)
+    assert len(list(db.vote_totals(0))) == 30
+    assert db.max_serial() == 50
 
 
 def test_iter_serials_sorted_in_byte_order(db: Database) -> None:
@@ -800,3 +820,64 @@ def test_an_unreadable_password_file_is_a_database_failure_not_a_crash(
     with pytest.raises(psycopg.OperationalError, match=r"cannot read database\.password_file"):
         Database.open(location)
     assert probe(location, 2) is not None
+
+
+def test_a_vote_for_a_path_the_cleanup_is_removing_is_never_orphaned(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Phase E drops interned paths nothing refers to while serve nodes vote. A vote for such
+    a path must either come before the cleanup's look (and keep the path) or after it (and
+    intern the path again); never look the id up before and store it after (a vote for a
+    path that no longer exists)."""
+    location = parse_database_url(pg_url, tmp_path)
+    db, voter = Database.open(location), Database.open(location)
+    path = "ab/cd/orphan_pkg-1.0-py3-none-any.whl"
+    try:
+        db.set_remote_sizes([(path, 10)], now=50.0)
+        db.delete_remote_sizes_before(100.0)  # the path stays interned, referenced by nothing
+        stored: list[int] = []
+        with psycopg.connect(pg_url, autocommit=True) as cleanup:
+            # What a cleanup slice does: take vote_last in SHARE mode, then delete the path.
+            cleanup.execute("BEGIN")
+            cleanup.execute("LOCK TABLE vote_last IN SHARE MODE")
+            thread = threading.Thread(
+                target=lambda: stored.append(voter.add_votes([(path, "1.2.3", 1000)], 300))
+            )
+            thread.start()
+            deadline = time.monotonic() + 20
+            while not cleanup.execute(
+                "SELECT COUNT(*) FROM pg_locks WHERE NOT granted "
+                "AND relation = 'vote_last'::regclass"
+            ).fetchone()[0]:
+                assert time.monotonic() < deadline, "the vote writer never waited"
+                time.sleep(0.02)
+            cleanup.execute("DELETE FROM files WHERE path = %s", (path,))
+            cleanup.execute("COMMIT")
+            thread.join(20)
+        assert stored == [1]
+        assert db.votes_for(path) == [("1.2.3", 1000)]
+    finally:
+        db.close()
+        voter.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "unreachable", "busy"),
+    [
+        (psycopg.OperationalError("connection failed"), True, False),  # no answer at all
+        (psycopg.errors.ConnectionFailure("x"), True, False),
+        (psycopg.errors.AdminShutdown("x"), True, False),
+        (psycopg.errors.CannotConnectNow("x"), True, False),
+        (psycopg.errors.DeadlockDetected("x"), False, True),  # the statement's, retried
+        (psycopg.errors.LockNotAvailable("x"), False, True),
+        (psycopg.errors.DiskFull("x"), False, False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value),
+)
+def test_what_counts_as_unreachable_and_what_as_busy(
+    error: Exception, unreachable: bool, busy: bool
+) -> None:
+    """The vote writer keeps votes buffered and reconnects for the first kind, retries the
+    batch at once for the second, and gives a batch a few tries for the rest."""
+    assert is_unreachable(error) is unreachable
+    assert is_busy(error) is busy

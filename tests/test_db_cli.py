@@ -87,7 +87,7 @@ def test_a_schema_newer_than_the_program_is_refused_by_every_command(
         conn.execute("UPDATE schema_version SET version = %s", (CURRENT + 1,))
     migrate = cli(config, "db", "migrate")
     assert migrate.returncode == 1
-    assert f"schema version {CURRENT + 1} is newer than this pypi-mirror's" in migrate.stderr
+    assert f"holds schema version {CURRENT + 1}, newer than this pypi-mirror's" in migrate.stderr
     status = cli(config, "status")
     assert status.returncode == 1 and "upgrade pypi-mirror" in (status.stdout + status.stderr)
     (tmp_path / "node").mkdir()

@@ -18,13 +18,14 @@ import psycopg
 import pytest
 
 from tests.fakepypi import FakeFile, FakePyPI
-from tests.mirror import Mirror, http
+from tests.mirror import Mirror, deep_merge, http
 from tests.pgserver import PostgresServer
 
 PIP = {"User-Agent": "pip/24.0"}
 
 
 def node(tmp: Path, fake: FakePyPI, repo: Path, tier: Path, url: str, **extra: Any) -> Mirror:
+    """A serve node on the shared repo, tier and database; ``extra`` merges into its config."""
     tmp.mkdir(parents=True, exist_ok=True)
     settings: dict[str, Any] = {
         "repo_path": str(repo),
@@ -34,8 +35,7 @@ def node(tmp: Path, fake: FakePyPI, repo: Path, tier: Path, url: str, **extra: A
         "upstream": {"root_refresh": "200ms"},
         "sync": {"retry": 0},
     }
-    settings.update(extra)
-    return Mirror(tmp, fake.url, fake.files_url, **settings)
+    return Mirror(tmp, fake.url, fake.files_url, **deep_merge(settings, extra))
 
 
 def run(mirror: Mirror, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -204,10 +204,11 @@ def test_postgresql_stopping_under_load_stops_nothing_but_the_counting(
     wheel = fake_pypi.add_wheel("busy-pkg", "1.0")
     repo, tier = tmp_path / "repo", tmp_path / "tier"
     tier.mkdir()
-    mirror = node(tmp_path / "node", fake_pypi, repo, tier, url, workers=2)
-    mirror.config["cache"]["dedup_window"] = 0  # every request is a vote
-    mirror.config["database"]["vote_buffer"] = buffer  # per worker
-    mirror.config_path.write_text(__import__("yaml").safe_dump(mirror.config))
+    mirror = node(
+        tmp_path / "node", fake_pypi, repo, tier, url, workers=2,
+        cache={"dedup_window": 0},  # every request is a vote
+        database={"vote_buffer": buffer},  # per worker
+    )  # fmt: skip
     assert run(mirror, "sync").returncode == 0
     (tier / wheel.path).parent.mkdir(parents=True)
     (tier / wheel.path).write_bytes(wheel.content)  # a local hit: served from disk

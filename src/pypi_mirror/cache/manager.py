@@ -34,6 +34,7 @@ from pypi_mirror.cache.cleanup import cleanup
 from pypi_mirror.cache.download import StopSignal
 from pypi_mirror.cache.execute import execute_plan
 from pypi_mirror.cache.inventory import take_inventory
+from pypi_mirror.cache.lock import cache_lock
 from pypi_mirror.cache.lookup import IndexLookup
 from pypi_mirror.cache.pins import apply_pins
 from pypi_mirror.cache.plan import Entry, Plan, make_plan, rank
@@ -41,7 +42,6 @@ from pypi_mirror.cache.report import CacheResult, TierState
 from pypi_mirror.cache.sizes import Candidates, find_candidates
 from pypi_mirror.config import Config
 from pypi_mirror.db import Database
-from pypi_mirror.db import locks as store_locks
 from pypi_mirror.filters import Filters, filters_of
 from pypi_mirror.index.quarantine import load as load_quarantined
 from pypi_mirror.index.quarantine import refused_paths
@@ -51,13 +51,6 @@ from pypi_mirror.upstream import make_session
 log = logging.getLogger(__name__)
 
 PHASES = ("A", "B", "C", "D", "E")
-
-
-@contextmanager
-def _exclusive(config: Config, repo: Repo) -> Iterator[bool]:
-    """One cache manager at a time per repository (overlapping runs, on any host)."""
-    with store_locks.exclusive(config.store, repo.root, store_locks.CACHE, "sync") as lock:
-        yield lock.held
 
 
 async def run_cache_management(
@@ -78,7 +71,8 @@ async def run_cache_management(
         dry_run=dry_run,
         tiers=[TierState(t.index, t.path, t.size_limit) for t in repo.tiers],
     )
-    with _exclusive(config, repo) if not dry_run else _nothing() as allowed:
+    # One cache manager at a time per repository (overlapping runs, on any host).
+    with cache_lock(config, repo, 0, "sync") if not dry_run else _nothing() as allowed:
         if not allowed:
             result.failures.append("another sync is managing the cache; skipped")
             return result

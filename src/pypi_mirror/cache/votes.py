@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from pypi_mirror.db import Database, StoreLocation, is_busy, is_unreachable
+from pypi_mirror.db import STORE_ERRORS, Database, StoreLocation, is_busy, is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,7 @@ class VoteRecorder:
         """The writer's connection, or None while the database is unreachable."""
         try:
             db = Database(self._store, "serve votes")
-        except Exception as error:
-            if not is_unreachable(error):
-                raise
+        except STORE_ERRORS as error:  # down, or refusing us: the votes wait all the same
             self._unreachable_now(error)
             return None
         db.set_busy_timeout(PG_LOCK_WAIT if db.backend == "postgresql" else LOCK_WAIT)

@@ -7,7 +7,6 @@ bulk load, error kinds) is a method here.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import sqlite3
@@ -20,16 +19,14 @@ import psycopg
 
 from pypi_mirror.db.location import StoreLocation
 
-log = logging.getLogger(__name__)
-
 BUSY_TIMEOUT_MS = 60_000
 # A PostgreSQL server that does not answer a connect within this is reported unreachable
 # (the serve paths must not hang on it).
 CONNECT_TIMEOUT = 5
-# Advisory lock keys (any two 32-bit numbers unlikely to collide with another application's).
+# Advisory lock keys: this namespace and a number (locks.py has the others), two 32-bit
+# numbers unlikely to collide with another application's.
 LOCK_NAMESPACE = 0x50595049  # "PYPI"
 MIGRATION_LOCK = 1
-SYNC_LOCK = 2
 
 
 class SchemaError(Exception):
@@ -39,6 +36,7 @@ class SchemaError(Exception):
 # What a store operation may raise, whichever the backend.
 STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, SchemaError)
 SQLITE_FULL = 13  # "database or disk is full"
+STREAM_BATCH = 10_000  # rows per fetch from a PostgreSQL server-side cursor
 
 
 def is_busy(error: BaseException) -> bool:
@@ -52,10 +50,15 @@ def is_busy(error: BaseException) -> bool:
 
 
 def is_unreachable(error: BaseException) -> bool:
-    """The database server cannot be reached (down, restarting, network): worth waiting for."""
-    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
-        return not isinstance(error, psycopg.errors.LockNotAvailable)
-    return isinstance(error, psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow)
+    """The database server cannot be reached (down, restarting, network): worth waiting for.
+
+    A connection that failed or broke carries no SQLSTATE, or one of class 08 (connection
+    exception) or 57P (shutting down, starting up); anything else the server answered (a lock
+    timeout, a deadlock, a full disk) is the statement's failure, not the connection's."""
+    if not isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+        return False
+    state = error.sqlstate
+    return state is None or state.startswith(("08", "57P"))
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -156,6 +159,15 @@ class SqliteDriver:
     def lock_for_migration(self) -> None:
         """Inside the migration's transaction: BEGIN IMMEDIATE already serialises writers."""
 
+    def lock_table(self, table: str, mode: str) -> None:
+        """Inside a transaction: BEGIN IMMEDIATE already excludes every other writer."""
+
+    def stream(
+        self, sql: str, params: Sequence[Any] = (), settings: Sequence[str] = ()
+    ) -> Iterator[Any]:
+        """The rows as SQLite steps through them (``settings`` are PostgreSQL's)."""
+        yield from self.conn.execute(sql, params)
+
     def pragma(self, name: str, value: int | None = None) -> int | None:
         if value is None:
             return int(self.conn.execute(f"PRAGMA {name}").fetchone()[0])
@@ -164,9 +176,6 @@ class SqliteDriver:
 
     def checkpoint(self) -> None:
         self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-    def lock_shared(self, table: str) -> None:
-        """Inside a transaction: BEGIN IMMEDIATE already excludes every other writer."""
 
 
 class PostgresDriver:
@@ -251,16 +260,23 @@ class PostgresDriver:
         (released at COMMIT)."""
         self.execute("SELECT pg_advisory_xact_lock(?, ?)", (LOCK_NAMESPACE, MIGRATION_LOCK))
 
-    def pragma(self, name: str, value: int | None = None) -> int | None:
-        return None  # SQLite tuning only
+    def lock_table(self, table: str, mode: str) -> None:
+        """Inside a transaction: take ``table``'s lock in ``mode`` (until COMMIT)."""
+        self.execute(f"LOCK TABLE {table} IN {mode} MODE")
 
-    def checkpoint(self) -> None:
-        """PostgreSQL checkpoints by itself."""
-
-    def lock_shared(self, table: str) -> None:
-        """Inside a transaction: wait for the table's writers in flight, and keep new ones
-        out until COMMIT."""
-        self.execute(f"LOCK TABLE {table} IN SHARE MODE")
+    def stream(
+        self, sql: str, params: Sequence[Any] = (), settings: Sequence[str] = ()
+    ) -> Iterator[Any]:
+        """The rows a batch at a time from a server-side cursor (a large result is neither
+        held whole in memory nor waited for before the first row), inside a read transaction
+        whose ``SET LOCAL`` ``settings`` apply to this query only."""
+        conn = self._live()
+        with conn.transaction(), conn.cursor(name="pypi_mirror_stream") as cursor:
+            for setting in settings:
+                conn.execute(f"SET LOCAL {setting}")
+            cursor.itersize = STREAM_BATCH
+            cursor.execute(self._sql(sql), params)
+            yield from cursor
 
 
 Driver = SqliteDriver | PostgresDriver

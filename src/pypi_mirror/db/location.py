@@ -71,16 +71,14 @@ def parse_database_url(
     url: str | None, repo_path: Path, password_file: Path | None = None
 ) -> StoreLocation:
     """Raises ValueError naming what is wrong (the message never contains the password)."""
-    if url is None or url.strip() in ("", "sqlite://", "sqlite:///"):
-        if password_file is not None:
-            raise ValueError("password_file is only for a postgresql:// url")
-        return StoreLocation.sqlite(repo_path / DB_FILENAME)
-    url = url.strip()
+    url = (url or "").strip()
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
+    if password_file is not None and scheme not in ("postgresql", "postgres"):
+        raise ValueError("password_file is only for a postgresql:// url")
+    if url in ("", "sqlite://", "sqlite:///"):
+        return StoreLocation.sqlite(repo_path / DB_FILENAME)
     if scheme == "sqlite":
-        if password_file is not None:
-            raise ValueError("password_file is only for a postgresql:// url")
         if not rest.startswith("/") or "?" in rest or "#" in rest:
             raise ValueError(
                 f'invalid url "{url}": write sqlite:///relative/file.db or '
@@ -95,7 +93,7 @@ def parse_database_url(
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError on a bad port
-            conninfo_to_dict(url)  # libpq's own parser: what a connect would read
+            params = conninfo_to_dict(url)  # libpq's own parser: what a connect would read
         except (ValueError, psycopg.Error):
             raise ValueError(f'invalid url "{shown}": bad host, port or parameter') from None
         if "@" in parts.path or parts.path.count("/") > 1:
@@ -104,8 +102,7 @@ def parse_database_url(
                 f'invalid url "{shown}": a "/" or "@" in the password or database name must '
                 "be percent-encoded (%2F, %40)"
             )
-        has_password = parts.password is not None or "password" in conninfo_to_dict(url)
-        if password_file is not None and has_password:
+        if password_file is not None and "password" in params:
             raise ValueError("give the password in the url or in password_file, not both")
         return StoreLocation("postgresql", url=url, password_file=password_file)
     raise ValueError(
@@ -117,7 +114,6 @@ def redact_loose(url: str) -> str:
     """For a URL too broken to parse: scheme, then host and path only (whatever precedes the
     last ``@`` and any query may hold a password)."""
     scheme, sep, rest = url.partition("://")
-    rest = rest.split("?", 1)[0].split("#", 1)[0] if "@" not in rest else rest
-    if "@" in rest:
-        rest = "***@" + rest.rpartition("@")[2].split("?", 1)[0]
-    return f"{scheme}{sep}{rest}"
+    _credentials, at, host_and_path = rest.rpartition("@")
+    shown = host_and_path.split("?", 1)[0].split("#", 1)[0]
+    return f"{scheme}{sep}{'***@' if at else ''}{shown}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from pypi_mirror.db.connection import LOCK_NAMESPACE, pg_connect
+from pypi_mirror.db.connection import LOCK_NAMESPACE, application_name, pg_connect
 from pypi_mirror.db.location import StoreLocation
 
 POLL = 0.2
@@ -30,7 +29,7 @@ POLL = 0.2
 
 @dataclass(frozen=True)
 class NamedLock:
-    key: int  # the PostgreSQL advisory lock's second key
+    key: int  # the PostgreSQL advisory lock's second key (1 is connection.MIGRATION_LOCK)
     filename: str  # the SQLite store's lock file, in the repository
 
 
@@ -85,9 +84,7 @@ def _flock(path: Path, role: str, wait: float) -> Iterator[Held]:
         # the run that would report it.
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
-            os.pwrite(
-                fd, f"pypi-mirror {role} on {socket.gethostname()} pid {os.getpid()}\n".encode(), 0
-            )
+            os.pwrite(fd, f"{application_name(role)}\n".encode(), 0)
         try:
             yield Held(True)
         finally:

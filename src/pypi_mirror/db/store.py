@@ -94,10 +94,6 @@ class Database:
     def schema_version(self) -> int:
         return self._db.schema_version()
 
-    @property
-    def needs_migration(self) -> bool:
-        return self.schema_version < len(MIGRATIONS)
-
     @classmethod
     def schema_version_of(cls, location: StoreLocation) -> int:
         """The schema version a store holds now (0: empty or absent), changing nothing."""
@@ -140,14 +136,24 @@ class Database:
             (key, value),
         )
 
-    def _insert_rows(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        """``sql`` with ``{rows}`` for a multi-row VALUES list, run a chunk of rows at a time
-        (one statement per row costs PostgreSQL a round of parsing and planning each).
-        Rows with the same key must not share a chunk: callers pass unique keys."""
+    def _insert_rows(
+        self, sql: str, rows: Sequence[tuple[Any, ...]], extra: Sequence[Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        """``sql`` with ``{rows}`` for a multi-row VALUES list (and ``extra`` parameters after
+        it), run a chunk of rows at a time: one statement per row costs PostgreSQL a round of
+        parsing and planning each. Rows with the same key must not share a chunk: callers
+        pass unique keys. Returns what a RETURNING clause returned."""
+        returned: list[tuple[Any, ...]] = []
         for start in range(0, len(rows), ROWS_PER_STATEMENT):
             chunk = rows[start : start + ROWS_PER_STATEMENT]
             marks = "(" + ", ".join("?" * len(chunk[0])) + ")"
-            self._x(sql.format(rows=", ".join([marks] * len(chunk))), [v for r in chunk for v in r])
+            cursor = self._x(
+                sql.format(rows=", ".join([marks] * len(chunk))),
+                [*(value for row in chunk for value in row), *extra],
+            )
+            if cursor.description is not None:
+                returned.extend(cursor.fetchall())
+        return returned
 
     # -- files -----------------------------------------------------------------------------
 
@@ -169,8 +175,8 @@ class Database:
         self._lookup_ids(unique, ids)
         missing = [path for path in unique if path not in ids]
         if missing:
-            self._db.executemany(
-                "INSERT INTO files (path) VALUES (?) ON CONFLICT (path) DO NOTHING",
+            self._insert_rows(
+                "INSERT INTO files (path) VALUES {rows} ON CONFLICT (path) DO NOTHING",
                 [(path,) for path in missing],
             )
             self._lookup_ids(missing, ids)
@@ -186,39 +192,30 @@ class Database:
         applied by a conditional upsert of ``vote_last`` (atomic, so votes sent at once by
         several nodes for one pair count once), and the accepted votes are bulk-loaded.
         """
-        if dedup_window <= 0:  # no window: every vote counts, in whatever order it arrives
-            rows = [(path, prefix, int(when)) for path, prefix, when in votes]
-            if not rows:
-                return 0
-            with self.transaction():
-                ids = self._file_ids(path for path, _, _ in rows)
-                self._db.copy_in(
-                    "votes",
-                    ("file_id", "prefix", "time"),
-                    [(ids[path], prefix, moment) for path, prefix, moment in rows],
-                )
-            return len(rows)
-        rounds = _dedup_in_batch(votes, dedup_window)
-        if not rounds:
+        votes = list(votes)
+        if not votes:
             return 0
-        accepted: list[tuple[int, str, int]] = []
         with self.transaction():
-            ids = self._file_ids(path for group in rounds for path, _, _ in group)
-            for group in rounds:
-                # Sorted by key: concurrent writers lock vote_last rows in one order.
-                rows = sorted((ids[path], prefix, moment) for path, prefix, moment in group)
-                for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                    chunk = rows[start : start + ROWS_PER_STATEMENT]
-                    marks = ",".join(["(?, ?, ?)"] * len(chunk))
-                    params = [value for row in chunk for value in row]
-                    accepted.extend(
-                        self._x(
-                            f"INSERT INTO vote_last (file_id, prefix, time) VALUES {marks} "
-                            "ON CONFLICT (file_id, prefix) DO UPDATE SET time = excluded.time "
-                            "WHERE vote_last.time <= excluded.time - ? "
-                            "RETURNING file_id, prefix, time",
-                            [*params, dedup_window],
-                        ).fetchall()
+            # Before the paths are looked up: the cleanup of unreferenced paths (SHARE on
+            # vote_last) then either ran before, or waits until this batch is in.
+            self._db.lock_table("vote_last", "ROW EXCLUSIVE")
+            if dedup_window <= 0:  # no window: every vote counts, in whatever order it came
+                ids = self._file_ids(path for path, _, _ in votes)
+                accepted = [(ids[path], prefix, int(when)) for path, prefix, when in votes]
+            else:
+                rounds = _dedup_in_batch(votes, dedup_window)
+                ids = self._file_ids(path for group in rounds for path, _, _ in group)
+                accepted = []
+                for group in rounds:
+                    # Sorted by key: concurrent writers lock vote_last rows in one order.
+                    rows = sorted((ids[path], prefix, moment) for path, prefix, moment in group)
+                    accepted += self._insert_rows(
+                        "INSERT INTO vote_last (file_id, prefix, time) VALUES {rows} "
+                        "ON CONFLICT (file_id, prefix) DO UPDATE SET time = excluded.time "
+                        "WHERE vote_last.time <= excluded.time - ? "
+                        "RETURNING file_id, prefix, time",
+                        rows,
+                        (dedup_window,),
                     )
             if accepted:
                 self._db.copy_in("votes", ("file_id", "prefix", "time"), accepted)
@@ -270,8 +267,8 @@ class Database:
         return f"{int(count)}:{int(top)}:{int(total)}"
 
     def iter_serials_sorted(self) -> Iterator[tuple[str, int]]:
-        """Every known project with its serial, by name (for the root index)."""
-        yield from self._x("SELECT name, serial FROM serials ORDER BY name")
+        """Every known project with its serial, by name (for the root index), streamed."""
+        return self._db.stream("SELECT name, serial FROM serials ORDER BY name")
 
     # -- local_sizes -----------------------------------------------------------------------
 
@@ -302,14 +299,18 @@ class Database:
 
     def known_sizes(self, paths: Iterable[str]) -> dict[str, int]:
         """Sizes of these paths the store knows: local ones, else the upstream's."""
-        wanted = set(paths)
+        wanted = sorted(set(paths))
         found: dict[str, int] = {}
-        for table in ("remote_sizes", "local_sizes"):  # local last: it wins
+        for start in range(0, len(wanted), ROWS_PER_STATEMENT):
+            chunk = wanted[start : start + ROWS_PER_STATEMENT]
             for path, size in self._x(
-                f"SELECT f.path, t.size FROM {table} t JOIN files f ON f.id = t.file_id "
-                "WHERE t.size IS NOT NULL"
+                "SELECT f.path, COALESCE(l.size, r.size) FROM files f "
+                "LEFT JOIN local_sizes l ON l.file_id = f.id "
+                "LEFT JOIN remote_sizes r ON r.file_id = f.id "
+                f"WHERE f.path IN ({','.join('?' * len(chunk))})",
+                chunk,
             ):
-                if path in wanted:
+                if size is not None:
                     found[path] = int(size)
         return found
 
@@ -440,15 +441,12 @@ class Database:
             ") v JOIN files f ON f.id = v.file_id "
             "LEFT JOIN remote_sizes r ON r.file_id = v.file_id"
         )
-        if self.backend == "sqlite":  # no transaction: BEGIN IMMEDIATE would stop the voters
-            return self._x(sql, (_whole(since),))
-        with self.transaction():
-            # Measured at 10 M votes: a parallel plan aggregates the whole index once per
-            # process and JIT compiles for a second; one process walking the index in file
-            # order and merge-joining is 2-3x faster.
-            self._x("SET LOCAL jit = off")
-            self._x("SET LOCAL max_parallel_workers_per_gather = 0")
-            return iter(self._x(sql, (_whole(since),)).fetchall())
+        # PostgreSQL, measured at 10 M votes: a parallel plan aggregates the whole index once
+        # per process and JIT compiles for a second; one process walking the index in file
+        # order and merge-joining is 2-3x faster.
+        return self._db.stream(
+            sql, (_whole(since),), ("jit = off", "max_parallel_workers_per_gather = 0")
+        )
 
     def count_votes_before(self, cutoff: float) -> int:
         row = self._x("SELECT COUNT(*) FROM votes WHERE time < ?", (_whole(cutoff),))
@@ -550,8 +548,8 @@ class Database:
         position = 0
 
         def delete_slice(limit: int) -> int:
-            if quiesce is not None:
-                self._db.lock_shared(quiesce)
+            if quiesce is not None:  # wait for its writers in flight, keep new ones out
+                self._db.lock_table(quiesce, "SHARE")
             chunk = ids[position : position + limit]
             return self._db.executemany(delete, [(i, *extra) for i in chunk])
 
@@ -563,8 +561,9 @@ class Database:
 
     @contextmanager
     def _cleanup_mode(self) -> Iterator[_Slicer]:
-        """SQLite: a large page cache, and checkpoints by the slicer, outside the lock (an
-        automatic one would run inside COMMIT and be counted as the slice's time)."""
+        """SQLite: a large page cache, checkpoints by the slicer outside the lock (an automatic
+        one would run inside COMMIT and be counted as the slice's time), and a pause between
+        slices for the voters. PostgreSQL needs none of these: its writers share no lock."""
         db = self._db
         if not isinstance(db, SqliteDriver):
             yield _Slicer(self)
@@ -574,7 +573,7 @@ class Database:
         db.pragma("cache_size", -self.CLEANUP_CACHE_KIB)
         db.pragma("wal_autocheckpoint", 0)
         try:
-            yield _Slicer(self)
+            yield _Slicer(self, db.checkpoint, self.CLEANUP_PAUSE)
         finally:
             db.pragma("wal_autocheckpoint", autocheckpoint)
             db.pragma("cache_size", cache)
@@ -611,8 +610,12 @@ class _Slicer:
     """Runs one slice of a cleanup per call: a transaction, a checkpoint now and then, a
     pause; and sizes the next slice so that it holds the write lock about ``CLEANUP_HOLD``."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self, db: Database, checkpoint: Callable[[], None] | None = None, pause: float = 0.0
+    ) -> None:
         self._db = db
+        self._checkpoint = checkpoint
+        self._pause = pause
         self.limit = db.CLEANUP_FIRST_SLICE
         self._since_checkpoint = 0
 
@@ -626,14 +629,13 @@ class _Slicer:
             count = work(limit)
         held = time.monotonic() - started
         self._since_checkpoint += count
-        if self._since_checkpoint >= db.CLEANUP_CHECKPOINT_ROWS:
-            db._db.checkpoint()
+        if self._checkpoint is not None and self._since_checkpoint >= db.CLEANUP_CHECKPOINT_ROWS:
+            self._checkpoint()
             self._since_checkpoint = 0
         if count >= limit:  # a full slice: a fair measure of the rate
             scaled = limit * db.CLEANUP_HOLD / max(held, 0.001)
             # At most double or halve per step: one slow or fast slice is not a trend.
             scaled = min(max(scaled, limit / 2), limit * 2)
             self.limit = int(min(max(scaled, 100), db.CLEANUP_MAX_SLICE))
-        if db.backend == "sqlite":  # PostgreSQL writers do not wait for one write lock
-            time.sleep(db.CLEANUP_PAUSE)
+        time.sleep(self._pause)
         return count, limit

@@ -108,11 +108,26 @@ class Readiness:
         self.probe = probe
         self.executor = executor
         self.vote_backlog = vote_backlog
+        self._database: tuple[float, str | None] = (0.0, None)  # (valid until, problem)
+
+    def _database_problem(self) -> str | None:
+        """A PostgreSQL probe is remembered as the upstream's is: a new connection for every
+        load balancer check, of every worker of every node, would load the server for
+        nothing. (SQLite's is a local file open, done each time as before.)"""
+        if not self.store.is_postgresql:
+            return probe_database(self.store, DB_TIMEOUT)
+        until, problem = self._database
+        if time.monotonic() < until:
+            return problem
+        problem = probe_database(self.store, DB_TIMEOUT)
+        ttl = PROBE_TTL_OK if problem is None else PROBE_TTL_FAILED
+        self._database = (time.monotonic() + ttl, problem)
+        return problem
 
     def _local_checks(self) -> tuple[list[str], list[str]]:
         problems = [check_writable(self.repo), check_root_index(self.repo)]
         degraded: list[str] = []
-        database = probe_database(self.store, DB_TIMEOUT)
+        database = self._database_problem()
         if database is not None and self.store.is_postgresql:
             degraded.append(database)
             degraded.append(self.vote_backlog())

@@ -72,7 +72,7 @@ class OnDemandIndex:
         # name → (page mtime_ns, on_demand): who owns a page, remembered per page version.
         self._owner: dict[str, tuple[int, bool]] = {}
         self._database_down_until = 0.0
-        # Runs saves only: nothing on it ever waits for a lock (see the module docstring).
+        # Saves and ownership lookups: nothing on it ever waits for a lock (module docstring).
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ondemand")
         self._local = threading.local()
         self._lock_dir = config.repo_path / ".locks"
@@ -120,6 +120,9 @@ class OnDemandIndex:
             mtime_ns = os.stat(self._repo.project_html(name)).st_mtime_ns
         except FileNotFoundError:
             return True
+        known = self._owner.get(name)
+        if known is not None and known[0] == mtime_ns:
+            return known[1]
         if time.monotonic() < self._database_down_until:
             return False
         try:
@@ -176,6 +179,12 @@ class OnDemandIndex:
             raise
 
     async def _fetch(self, name: str, existed: bool) -> bool:
+        loop = asyncio.get_running_loop()
+        # A stale page of unknown owner: `sync` keeps it (nothing to fetch, no lock to take)
+        # unless the database says it was fetched on demand. Asked on the executor: a shared
+        # database is a network round trip away.
+        if existed and not await loop.run_in_executor(self._executor, self._is_on_demand, name):
+            return True
         slot = lock_slot(name)
         lock = self._slot_locks.get(slot)
         if lock is None:
@@ -193,9 +202,6 @@ class OnDemandIndex:
         exists, fetch = self.needs_fetch(name)
         if exists and not fetch:
             return True
-        loop = asyncio.get_running_loop()
-        if exists and not await loop.run_in_executor(self._executor, self._is_on_demand, name):
-            return True
         body = await self._download(name)
         if body is None:
             self._missing[name] = time.monotonic() + NEGATIVE_TTL
@@ -204,6 +210,7 @@ class OnDemandIndex:
             return False
         # PEP 792 status and PEP 740 provenance: only the upstream's PEP 691 page has them.
         extras = await self._simple.fetch(self._get_session(), name)  # type: ignore[operator]
+        loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor, self._save, body, extras)
         except RenderError as error:
