@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from pypi_mirror.cache.votes import VoteRecorder
 from pypi_mirror.config import ConfigError, config_from_dict
 from pypi_mirror.db import (
     STORE_ERRORS,
@@ -98,10 +99,10 @@ def count_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_new_store_reaches_the_latest_schema(store_location: StoreLocation) -> None:
-    assert len(MIGRATIONS) == 3
+    assert len(MIGRATIONS) == 4
     db = Database.open(store_location)
     try:
-        assert db.schema_version == 3
+        assert db.schema_version == 4
         assert db.backend == store_location.backend
         db.set_setting("kept", "yes")
     finally:
@@ -881,3 +882,48 @@ def test_what_counts_as_unreachable_and_what_as_busy(
     batch at once for the second, and gives a batch a few tries for the rest."""
     assert is_unreachable(error) is unreachable
     assert is_busy(error) is busy
+
+
+def test_a_batch_stored_again_under_its_number_is_not_stored_twice(db: Database) -> None:
+    votes = [(f"w/{n}.whl", "1.2.3", 100.0) for n in range(3)]
+    assert db.add_votes(votes, 0, ("writer-a", 1)) == 3
+    assert db.add_votes(votes, 0, ("writer-a", 1)) == 3  # the retry: reported, not stored
+    assert db.vote_count() == 3
+    assert db.add_votes(votes, 0, ("writer-b", 1)) == 3  # another writer's batch
+    assert db.add_votes(votes[:1], 0, ("writer-a", 2)) == 1
+    assert db.add_votes(votes, 0, ("writer-a", 1)) == 0  # older than the last: long in
+    assert db.vote_count() == 7
+    assert db.delete_vote_writers_before(time.time() + 1) == 2
+
+
+def test_a_lost_commit_answer_does_not_count_votes_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops after the server committed a batch but before the writer heard:
+    the writer retries the same batch under the same number, and it is not stored again."""
+    real = Database.add_votes
+    batches: list[tuple[str, int] | None] = []
+
+    def answer_lost_once(
+        self: Database, votes: Any, window: float, batch: tuple[str, int] | None = None
+    ) -> int:
+        stored = real(self, votes, window, batch)
+        batches.append(batch)
+        if len(batches) == 1:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return stored
+
+    monkeypatch.setattr(Database, "add_votes", answer_lost_once)
+    Database.in_repo(tmp_path).close()
+    recorder = VoteRecorder(tmp_path / "pypi-mirror.db", dedup_window=0)
+    recorder.start()
+    for number in range(10):
+        recorder.record(f"f/{number}.whl", "1.2.3", 100.0)
+    recorder.close()
+    check = Database.in_repo(tmp_path)
+    try:
+        assert check.vote_count() == 10
+    finally:
+        check.close()
+    assert recorder.stored == 10
+    assert len(batches) == 2 and batches[0] == batches[1]  # the same batch, retried

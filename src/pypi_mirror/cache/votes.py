@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from pypi_mirror.db import STORE_ERRORS, Database, StoreLocation, is_busy, is_unreachable
@@ -66,6 +69,12 @@ class VoteRecorder:
         self.dropped = 0
         self.stored = 0
         self.failed = 0
+        # Each batch goes to the store under (writer, number): a batch whose COMMIT reached
+        # the server but whose answer was lost is retried, exactly as it was, and the store
+        # sees it is in already. Its size stays fixed until it leaves the buffer.
+        self._writer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._batch_number = 1
+        self._batch_size: int | None = None
         self.unreachable: str | None = None  # why the database cannot be reached, if so
         self._unreachable_since = 0.0
         self._unreachable_logged = 0.0
@@ -179,9 +188,13 @@ class VoteRecorder:
         logged_at = 0.0
         failures = 0
         while buffer:
-            batch = buffer[:BATCH_SIZE]
+            if self._batch_size is None:
+                self._batch_size = min(len(buffer), BATCH_SIZE)
+            batch = buffer[: self._batch_size]
             try:
-                self.stored += db.add_votes(batch, self._dedup_window)
+                self.stored += db.add_votes(
+                    batch, self._dedup_window, (self._writer, self._batch_number)
+                )
             except Exception as error:
                 if is_unreachable(error):
                     self._unreachable_now(error)
@@ -202,13 +215,19 @@ class VoteRecorder:
                         len(buffer),
                     )
                 continue
-            del buffer[: len(batch)]
+            self._done_with_batch()
             waiting_since = None
             failures = 0
             if self.unreachable is not None:
                 log.warning("vote writer: database reachable again, buffered votes stored")
                 self.unreachable = None
         return True
+
+    def _done_with_batch(self) -> None:
+        """The batch in flight leaves the buffer (stored, or given up): the next is new."""
+        del self._buffer[: self._batch_size]
+        self._batch_size = None
+        self._batch_number += 1
 
     def _failed(self, batch: list[tuple[str, str, float]], failures: int) -> int:
         """A batch failed for a reason other than the lock: retry a few times, then give up
@@ -218,6 +237,6 @@ class VoteRecorder:
         if failures < FAILURE_ATTEMPTS:
             time.sleep(0.5 * failures)
             return failures
-        del self._buffer[: len(batch)]
+        self._done_with_batch()
         self.failed += len(batch)
         return 0

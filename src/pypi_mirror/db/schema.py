@@ -155,6 +155,27 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX vote_last_by_time ON vote_last (time);
         """,
     ),
+    # 3 -> 4: the last batch each vote writer stored. A batch whose COMMIT reached the server
+    # but whose answer was lost (the connection dropped) is retried by the writer: this row
+    # tells it the batch is already in, so no vote counts twice.
+    Migration(
+        sqlite="""
+        CREATE TABLE vote_writers (
+            writer TEXT    PRIMARY KEY,
+            batch  INTEGER NOT NULL,
+            votes  INTEGER NOT NULL,
+            seen   REAL    NOT NULL
+        ) WITHOUT ROWID;
+        """,
+        postgresql="""
+        CREATE TABLE vote_writers (
+            writer TEXT COLLATE "C" PRIMARY KEY,
+            batch  BIGINT  NOT NULL,
+            votes  INTEGER NOT NULL,
+            seen   DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
 ]
 
 

@@ -184,13 +184,20 @@ class Database:
 
     # -- votes -----------------------------------------------------------------------------
 
-    def add_votes(self, votes: Iterable[tuple[str, str, float]], dedup_window: float) -> int:
+    def add_votes(
+        self,
+        votes: Iterable[tuple[str, str, float]],
+        dedup_window: float,
+        batch: tuple[str, int] | None = None,
+    ) -> int:
         """Store ``(path, prefix, time)`` votes (``Vote`` or plain tuples), skipping a
         (file, prefix) pair already recorded within the window, whoever recorded it.
 
         Returns how many were stored. One transaction for the whole batch: the window is
         applied by a conditional upsert of ``vote_last`` (atomic, so votes sent at once by
         several nodes for one pair count once), and the accepted votes are bulk-loaded.
+        ``batch`` (writer id, batch number, numbers growing) makes a retry of a batch whose
+        outcome was lost harmless: one already stored is not stored again.
         """
         votes = list(votes)
         if not votes:
@@ -199,6 +206,12 @@ class Database:
             # Before the paths are looked up: the cleanup of unreferenced paths (SHARE on
             # vote_last) then either ran before, or waits until this batch is in.
             self._db.lock_table("vote_last", "ROW EXCLUSIVE")
+            if batch is not None:
+                done = self._x(
+                    "SELECT batch, votes FROM vote_writers WHERE writer = ?", (batch[0],)
+                ).fetchone()
+                if done is not None and int(done[0]) >= batch[1]:
+                    return int(done[1]) if int(done[0]) == batch[1] else 0
             if dedup_window <= 0:  # no window: every vote counts, in whatever order it came
                 ids = self._file_ids(path for path, _, _ in votes)
                 accepted = [(ids[path], prefix, int(when)) for path, prefix, when in votes]
@@ -219,6 +232,13 @@ class Database:
                     )
             if accepted:
                 self._db.copy_in("votes", ("file_id", "prefix", "time"), accepted)
+            if batch is not None:
+                self._x(
+                    "INSERT INTO vote_writers (writer, batch, votes, seen) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (writer) DO UPDATE SET batch = excluded.batch, "
+                    "votes = excluded.votes, seen = excluded.seen",
+                    (batch[0], batch[1], len(accepted), time.time()),
+                )
         return len(accepted)
 
     def votes_for(self, path: str) -> list[tuple[str, int]]:
@@ -459,6 +479,11 @@ class Database:
         """Forget the newest-vote mark of pairs not voted for since ``cutoff`` (which must be
         older than the dedup window: a mark inside it still suppresses duplicates)."""
         return self._delete_sliced("vote_last", "time < ?", (_whole(cutoff),))
+
+    def delete_vote_writers_before(self, cutoff: float) -> int:
+        """Forget the last batch of writers not heard from since ``cutoff`` (a writer retries
+        a batch within moments; a row per server process ever started would pile up)."""
+        return int(self._x("DELETE FROM vote_writers WHERE seen < ?", (cutoff,)).rowcount)
 
     def _delete_sliced(self, table: str, where: str, params: tuple[int | float, ...]) -> int:
         """Delete ``table``'s rows matching ``where`` a slice at a time (see _Slicer)."""
